@@ -1,0 +1,48 @@
+#include "actors/runtime.hpp"
+
+#include <caf/io/middleman.hpp>
+
+#include "actors/segment_owner.hpp"
+#include "actors/transfer_coordinator.hpp"
+#include "actors/worker.hpp"
+
+namespace kvferry {
+
+actor_config::actor_config(bool network) {
+  add_message_type<memory::location>("kvferry::location");
+  add_message_type<memory::region_descriptor>("kvferry::region_descriptor");
+  add_message_type<memory::transport_endpoint>("kvferry::transport_endpoint");
+  add_message_type<memory::segment_descriptor>("kvferry::segment_descriptor");
+  add_message_type<transport::slice_op>("kvferry::slice_op");
+  add_message_type<transport::slice_completion>("kvferry::slice_completion");
+  add_message_type<coordinator_stats>("kvferry::coordinator_stats");
+  add_message_type<notification>("kvferry::notification");
+  add_message_type<std::vector<notification>>("std::vector<kvferry::notification>");
+  add_message_type<std::vector<transport::slice_op>>("std::vector<kvferry::slice_op>");
+  add_message_type<std::vector<transport::slice_completion>>(
+    "std::vector<kvferry::slice_completion>");
+  add_message_type<std::vector<uint64_t>>("std::vector<uint64_t>");
+  if (network)
+    load<caf::io::middleman>();
+  // kvferry logs through spdlog; keep CAF's own console output for real problems only.
+  set("logger.console-verbosity", caf::atom("error"));
+}
+
+runtime::runtime(options opts)
+  : network_(opts.network),
+    config_(std::make_unique<actor_config>(opts.network)),
+    directory_(std::make_shared<memory::local_directory>()) {
+  if (opts.scheduler_threads > 0)
+    config_->set("scheduler.max-threads", opts.scheduler_threads);
+  system_ = std::make_unique<caf::actor_system>(*config_);
+}
+
+runtime::~runtime() {
+  system_.reset();
+}
+
+caf::expected<std::shared_ptr<runtime>> runtime::create(options opts) {
+  return std::shared_ptr<runtime>(new runtime(opts));
+}
+
+} // namespace kvferry

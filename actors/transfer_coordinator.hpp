@@ -1,0 +1,127 @@
+#pragma once
+/// Role: transfer coordinator. Owns batches' tasks and their slices; the only code that resolves a
+/// task. One per engine.
+///
+/// Protocol:
+///   attach(worker, endpoint_kind)          adopt a worker; its data path reaches `endpoint_kind`
+///   connect(segment, descriptor)           make a segment reachable by every eligible worker
+///   submit(submission)                     split the tasks into slices and dispatch them
+///   report(worker_index, completions)      slice outcomes, from workers (late ones are counted)
+///   deadline                               (to itself) resolve tasks whose deadline passed
+///   free(batch) -> bool                    cancel the batch's unresolved tasks; replies when their
+///                                          slices are withdrawn from every worker
+///   stats -> coordinator_stats             counters, for tests and benchmarks
+///   stop -> bool                           cancel everything, stop the workers, quit
+///
+/// Task state machine (per task; see task_state.hpp for the states):
+///
+///   submit ──> WAITING ──dispatch──> PENDING ──┬─ every slice ok ───────────────> COMPLETED
+///                                              ├─ a slice fails, no retry left ──> FAILED
+///                                              ├─ deadline passes ──────────────> TIMEOUT
+///                                              └─ free(batch) / stop ───────────> CANCELED
+///   A failed slice with retries left is re-posted on another eligible worker under a new slice id,
+///   so a report for the old attempt is recognisably stale. Resolving a task withdraws its slices
+///   still at workers and forgets the task and its slices; any report that arrives later names an
+///   id that no longer exists and is counted in `late_reports`, never acted on.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/meta/type_name.hpp>
+#include <caf/replies_to.hpp>
+#include <caf/timespan.hpp>
+#include <caf/typed_actor.hpp>
+
+#include "actors/atoms.hpp"
+#include "actors/batch_board.hpp"
+#include "actors/worker.hpp"
+#include "transport/data_path.hpp"
+
+namespace kvferry {
+
+/// One validated request, as the engine hands it to the coordinator.
+struct task_spec {
+  transport::opcode op = transport::opcode::read;
+  segment_id segment = 0;
+  uint32_t remote_key = 0;
+  uint64_t local_addr = 0;
+  uint64_t remote_addr = 0;
+  uint64_t length = 0;
+  memory::location local_where;
+};
+
+/// Tasks [first_index, first_index + tasks.size()) of one batch.
+struct submission {
+  std::shared_ptr<batch_board> board;
+  uint32_t first_index = 0;
+  std::vector<task_spec> tasks;
+  /// Relative deadline of every task in this submission.
+  caf::timespan deadline{0};
+};
+
+/// Names a batch in free().
+struct batch_ref {
+  std::shared_ptr<batch_board> board;
+};
+
+struct coordinator_stats {
+  uint64_t tasks_submitted = 0;
+  uint64_t tasks_completed = 0;
+  uint64_t tasks_failed = 0;
+  uint64_t tasks_timeout = 0;
+  uint64_t tasks_canceled = 0;
+  uint64_t slices_posted = 0;    // every post, retries included
+  uint64_t slices_succeeded = 0;
+  uint64_t slices_failed = 0;    // failed reports acted on (retried or fatal)
+  uint64_t slices_retried = 0;
+  uint64_t slices_withdrawn = 0; // still at a worker when their task resolved
+  uint64_t late_reports = 0;     // reports naming a slice that no longer exists
+  uint64_t repeated_resolutions = 0; // always 0: resolution happens once by construction
+  uint64_t live_batches = 0;
+  uint64_t live_tasks = 0;
+  uint64_t live_slices = 0;
+
+  [[nodiscard]] uint64_t tasks_resolved() const noexcept {
+    return tasks_completed + tasks_failed + tasks_timeout + tasks_canceled;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, coordinator_stats& x) {
+  return f(caf::meta::type_name("kvferry::coordinator_stats"), x.tasks_submitted,
+           x.tasks_completed, x.tasks_failed, x.tasks_timeout, x.tasks_canceled, x.slices_posted,
+           x.slices_succeeded, x.slices_failed, x.slices_retried, x.slices_withdrawn,
+           x.late_reports, x.repeated_resolutions, x.live_batches, x.live_tasks, x.live_slices);
+}
+
+struct coordinator_settings {
+  uint64_t slice_size = 64 << 10;
+  uint32_t retry_limit = 3;
+  /// How long free() waits for a worker to confirm a withdrawal before giving up on it.
+  caf::timespan withdraw_timeout = std::chrono::seconds(5);
+};
+
+} // namespace kvferry
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvferry::submission)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(kvferry::batch_ref)
+
+namespace kvferry {
+
+using coordinator_actor = caf::typed_actor<
+  caf::reacts_to<attach_atom, worker_actor, std::string>,
+  caf::reacts_to<connect_atom, segment_id, memory::segment_descriptor>,
+  caf::reacts_to<submit_atom, submission>,
+  caf::reacts_to<report_atom, uint32_t, std::vector<transport::slice_completion>>,
+  caf::reacts_to<deadline_atom>,
+  caf::replies_to<free_atom, batch_ref>::with<bool>,
+  caf::replies_to<stats_atom>::with<coordinator_stats>,
+  caf::replies_to<stop_atom>::with<bool>>;
+
+[[nodiscard]] coordinator_actor spawn_coordinator(caf::actor_system& sys,
+                                                  coordinator_settings settings);
+
+} // namespace kvferry

@@ -1,0 +1,356 @@
+#include "actors/transfer_engine.hpp"
+
+#include <cstdio>
+#include <mutex>
+
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+
+#include "config/log.hpp"
+#include "transport/local_path.hpp"
+
+namespace kvferry {
+
+namespace {
+
+/// Upper bound for one batch's capacity (Mooncake users allocate a few hundred to a few thousand).
+constexpr size_t max_batch_capacity = 1u << 20;
+/// How long a blocking call waits for an actor's answer.
+constexpr auto call_timeout = std::chrono::seconds(30);
+
+std::string hex(uint64_t x) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(x));
+  return buf;
+}
+
+/// Sends a request and blocks for the answer.
+template <class Result, class Handle, class... Ts>
+caf::expected<Result> ask(caf::actor_system& sys, const Handle& dest, caf::timespan timeout,
+                          Ts&&... xs) {
+  caf::expected<Result> out{caf::error{}};
+  caf::scoped_actor self{sys};
+  self->request(dest, timeout, std::forward<Ts>(xs)...)
+    .receive([&](Result& r) { out = std::move(r); }, [&](caf::error& err) { out = std::move(err); });
+  return out;
+}
+
+caf::error stopped_error() {
+  return make_error(errc::shutting_down, "the engine was shut down");
+}
+
+uint64_t new_incarnation() {
+  return static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+}
+
+} // namespace
+
+transfer_engine::transfer_engine(std::shared_ptr<runtime> rt, config::settings settings,
+                                 engine_options options)
+  : runtime_(std::move(rt)),
+    settings_(std::move(settings)),
+    options_(std::move(options)),
+    registry_(std::make_shared<memory::region_registry>()) {
+  name_ = options_.segment_name.empty()
+            ? settings_.local_hostname + ":" + std::to_string(settings_.rpc_port)
+            : options_.segment_name;
+}
+
+caf::expected<std::unique_ptr<transfer_engine>>
+transfer_engine::create(std::shared_ptr<runtime> rt, const config::settings& settings,
+                        engine_options options) {
+  if (!rt)
+    return make_error(errc::invalid_argument, "create engine: runtime is null");
+  std::unique_ptr<transfer_engine> engine{new transfer_engine(std::move(rt), settings,
+                                                              std::move(options))};
+  if (auto err = engine->start())
+    return err;
+  return engine;
+}
+
+caf::error transfer_engine::start() {
+  auto& sys = runtime_->system();
+  if (!runtime_->directory()->add(name_, registry_))
+    return make_error(errc::invalid_argument,
+                      "segment name '" + name_ + "' is already used in this process");
+  owner_ = spawn_segment_owner(sys, name_, new_incarnation(), registry_);
+  coordinator_settings cs;
+  cs.slice_size = settings_.slice_size;
+  cs.retry_limit = settings_.retry_limit;
+  coordinator_ = spawn_coordinator(sys, cs);
+  auto paths = options_.data_paths;
+  if (paths.empty()) {
+    for (uint32_t i = 0; i < settings_.worker_count; ++i)
+      paths.push_back(std::make_shared<transport::local_path>(runtime_->directory(), registry_));
+  }
+  for (auto& path : paths) {
+    auto index = static_cast<uint32_t>(workers_.size());
+    auto kind = path->caps().endpoint_kind;
+    auto worker = spawn_worker(sys, index, coordinator_, path);
+    workers_.push_back(worker);
+    caf::anon_send(coordinator_, attach_atom::value, worker, kind);
+  }
+  log::debug("engine '{}' started with {} worker(s)", name_, workers_.size());
+  return {};
+}
+
+transfer_engine::~transfer_engine() {
+  shutdown();
+}
+
+void transfer_engine::shutdown() {
+  std::unique_lock<std::shared_mutex> guard(lifecycle_mutex_);
+  if (stopped_)
+    return;
+  stopped_ = true;
+  auto& sys = runtime_->system();
+  auto stopped = ask<bool>(sys, coordinator_, call_timeout, stop_atom::value);
+  if (!stopped)
+    log::warn("engine '{}': coordinator did not confirm stop: {}", name_,
+              describe(stopped.error()));
+  caf::anon_send_exit(owner_, caf::exit_reason::user_shutdown);
+  for (auto& w : workers_)
+    caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
+  runtime_->directory()->remove(name_);
+  {
+    std::unique_lock<std::shared_mutex> batches(batches_mutex_);
+    for (auto& [id, board] : batches_)
+      board->mark_freed();
+    batches_.clear();
+  }
+}
+
+caf::error transfer_engine::register_memory(void* addr, size_t length, std::string_view location) {
+  std::shared_lock<std::shared_mutex> guard(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  auto r = ask<bool>(runtime_->system(), owner_, call_timeout, register_atom::value,
+                     reinterpret_cast<uint64_t>(addr), uint64_t{length}, std::string(location));
+  return r ? caf::error{} : std::move(r.error());
+}
+
+caf::error transfer_engine::unregister_memory(void* addr) {
+  std::shared_lock<std::shared_mutex> guard(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  auto r = ask<bool>(runtime_->system(), owner_, call_timeout, unregister_atom::value,
+                     reinterpret_cast<uint64_t>(addr));
+  return r ? caf::error{} : std::move(r.error());
+}
+
+caf::expected<memory::segment_descriptor> transfer_engine::resolve_segment(const std::string& name) {
+  if (auto local = runtime_->directory()->find(name)) {
+    memory::segment_descriptor desc;
+    desc.name = name;
+    desc.endpoints.push_back(memory::transport_endpoint{"local", ""});
+    for (const auto& r : local->snapshot()->regions())
+      desc.regions.push_back(memory::region_descriptor{r.base, r.length, to_string(r.where), 0});
+    return desc;
+  }
+  return make_error(errc::unknown_segment,
+                    "open segment '" + name + "': no segment of that name in this process");
+}
+
+caf::expected<segment_id> transfer_engine::open_segment(const std::string& name) {
+  std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  if (name.empty())
+    return make_error(errc::invalid_argument, "open segment: name is empty");
+  auto desc = resolve_segment(name);
+  if (!desc)
+    return desc.error();
+  auto shared = std::make_shared<const memory::segment_descriptor>(std::move(*desc));
+  segment_id id = 0;
+  {
+    std::unique_lock<std::shared_mutex> guard(segments_mutex_);
+    bool found = false;
+    for (size_t i = 0; i < segments_.size(); ++i) {
+      if (segments_[i].name == name) {
+        id = static_cast<segment_id>(i);
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      id = static_cast<segment_id>(segments_.size());
+      segments_.push_back(segment_entry{name, nullptr, nullptr});
+    }
+    segments_[id].descriptor = shared;
+    segments_[id].local = runtime_->directory()->find(name);
+    // Sent under the lock so connects for one segment reach the coordinator in order.
+    caf::anon_send(coordinator_, connect_atom::value, id, *shared);
+  }
+  return id;
+}
+
+caf::expected<memory::segment_descriptor> transfer_engine::segment_descriptor(segment_id id) const {
+  std::shared_lock<std::shared_mutex> guard(segments_mutex_);
+  if (id >= segments_.size())
+    return make_error(errc::unknown_segment, "segment id " + std::to_string(id) + " is not open");
+  return *segments_[id].descriptor;
+}
+
+caf::expected<batch_id> transfer_engine::allocate_batch(size_t capacity) {
+  std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  if (capacity == 0 || capacity > max_batch_capacity)
+    return make_error(errc::invalid_argument,
+                      "allocate batch: capacity " + std::to_string(capacity)
+                        + " is out of range; expected 1 to " + std::to_string(max_batch_capacity));
+  std::unique_lock<std::shared_mutex> guard(batches_mutex_);
+  auto id = next_batch_++;
+  batches_.emplace(id, std::make_shared<batch_board>(id, static_cast<uint32_t>(capacity)));
+  return id;
+}
+
+std::shared_ptr<batch_board> transfer_engine::find_batch(batch_id batch) const {
+  std::shared_lock<std::shared_mutex> guard(batches_mutex_);
+  auto it = batches_.find(batch);
+  return it == batches_.end() ? nullptr : it->second;
+}
+
+caf::error transfer_engine::free_batch(batch_id batch) {
+  std::shared_ptr<batch_board> board;
+  {
+    std::unique_lock<std::shared_mutex> guard(batches_mutex_);
+    auto it = batches_.find(batch);
+    if (it == batches_.end())
+      return make_error(errc::unknown_batch, "free batch " + std::to_string(batch)
+                                               + ": no such batch (never allocated or already freed)");
+    board = std::move(it->second);
+    batches_.erase(it);
+  }
+  board->mark_freed();
+  std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
+  if (stopped_)
+    return {}; // shutdown already canceled everything
+  auto r = ask<bool>(runtime_->system(), coordinator_, call_timeout, free_atom::value,
+                     batch_ref{board});
+  return r ? caf::error{} : std::move(r.error());
+}
+
+caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
+                                                std::span<const transfer_request> requests,
+                                                submit_options options) {
+  if (requests.empty())
+    return make_error(errc::invalid_argument, "submit to batch " + std::to_string(batch)
+                                                + ": no requests");
+  auto board = find_batch(batch);
+  if (!board)
+    return make_error(errc::unknown_batch, "submit to batch " + std::to_string(batch)
+                                             + ": no such batch (never allocated or already freed)");
+  if (requests.size() > board->capacity())
+    return make_error(errc::batch_full, "submit " + std::to_string(requests.size())
+                                          + " requests to batch " + std::to_string(batch)
+                                          + " of capacity " + std::to_string(board->capacity()));
+  submission sub;
+  sub.board = board;
+  sub.deadline = options.deadline.count() > 0 ? caf::timespan{options.deadline}
+                                              : caf::timespan{settings_.task_deadline};
+  sub.tasks.reserve(requests.size());
+  auto own = registry_->snapshot();
+  {
+    std::shared_lock<std::shared_mutex> guard(segments_mutex_);
+    // Live tables of same-process targets, taken once per call.
+    std::vector<std::shared_ptr<const memory::region_table>> local_tables(segments_.size());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const auto& rq = requests[i];
+      auto where = [&] { return "submit to batch " + std::to_string(batch) + ", request " + std::to_string(i) + ": "; };
+      if (rq.op != opcode::read && rq.op != opcode::write)
+        return make_error(errc::invalid_argument, where() + "opcode " + std::to_string(static_cast<int>(rq.op))
+                                                    + " is neither READ (0) nor WRITE (1)");
+      if (rq.length == 0)
+        return make_error(errc::invalid_argument, where() + "length is 0; expected at least 1 byte");
+      auto local_addr = reinterpret_cast<uint64_t>(rq.source);
+      const auto* local = own->find(local_addr, rq.length);
+      if (local == nullptr)
+        return make_error(errc::unregistered_memory,
+                          where() + "local range [" + hex(local_addr) + ", +" + std::to_string(rq.length)
+                            + ") is not inside one registered region of segment '" + name_ + "'");
+      if (rq.target_id >= segments_.size())
+        return make_error(errc::unknown_segment,
+                          where() + "segment id " + std::to_string(rq.target_id) + " is not open");
+      const auto& seg = segments_[rq.target_id];
+      task_spec spec;
+      spec.op = rq.op;
+      spec.segment = rq.target_id;
+      spec.local_addr = local_addr;
+      spec.local_where = local->where;
+      spec.remote_addr = rq.target_offset;
+      spec.length = rq.length;
+      bool inside = true;
+      if (seg.local) {
+        auto& table = local_tables[rq.target_id];
+        if (!table)
+          table = seg.local->snapshot();
+        inside = table->find(rq.target_offset, rq.length) != nullptr;
+      } else if (const auto* region = seg.descriptor->find(rq.target_offset, rq.length)) {
+        spec.remote_key = region->remote_key;
+      } else {
+        inside = false;
+      }
+      if (!inside && options_.check_remote_bounds)
+        return make_error(errc::out_of_range,
+                          where() + "remote range [" + hex(rq.target_offset) + ", +"
+                            + std::to_string(rq.length) + ") is not inside one registered region of segment '"
+                            + seg.name + "'");
+      sub.tasks.push_back(spec);
+    }
+  }
+  std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  auto first = board->reserve(static_cast<uint32_t>(requests.size()));
+  if (!first)
+    return first.error();
+  sub.first_index = *first;
+  caf::anon_send(coordinator_, submit_atom::value, std::move(sub));
+  return *first;
+}
+
+caf::expected<transfer_status> transfer_engine::status(batch_id batch, uint32_t task) const {
+  auto board = find_batch(batch);
+  if (!board)
+    return make_error(errc::unknown_batch, "status of batch " + std::to_string(batch)
+                                             + ": no such batch (never allocated or already freed)");
+  if (task >= board->reserved())
+    return make_error(errc::unknown_task, "status of batch " + std::to_string(batch) + ": task "
+                                            + std::to_string(task) + " does not exist ("
+                                            + std::to_string(board->reserved()) + " submitted)");
+  return board->status(task);
+}
+
+caf::expected<batch_summary> transfer_engine::batch_status(batch_id batch) const {
+  auto board = find_batch(batch);
+  if (!board)
+    return make_error(errc::unknown_batch, "status of batch " + std::to_string(batch)
+                                             + ": no such batch (never allocated or already freed)");
+  return board->summary();
+}
+
+caf::expected<batch_summary> transfer_engine::wait(batch_id batch,
+                                                   std::chrono::milliseconds timeout) {
+  auto board = find_batch(batch);
+  if (!board)
+    return make_error(errc::unknown_batch, "wait for batch " + std::to_string(batch)
+                                             + ": no such batch (never allocated or already freed)");
+  if (!board->wait_until(std::chrono::steady_clock::now() + timeout)) {
+    auto s = board->summary();
+    return make_error(errc::timeout, "wait for batch " + std::to_string(batch) + ": "
+                                       + std::to_string(s.tasks - s.terminal()) + " of "
+                                       + std::to_string(s.tasks) + " tasks still unresolved after "
+                                       + std::to_string(timeout.count()) + " ms");
+  }
+  return board->summary();
+}
+
+caf::expected<coordinator_stats> transfer_engine::stats() const {
+  std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  return ask<coordinator_stats>(runtime_->system(), coordinator_, call_timeout, stats_atom::value);
+}
+
+} // namespace kvferry

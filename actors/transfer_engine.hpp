@@ -1,0 +1,157 @@
+#pragma once
+/// kvferry's public API: the transfer engine a serving engine embeds (prefill or decode side).
+///
+/// Thread-safe: any number of threads may call any method concurrently. Every fallible call
+/// returns an error value (caf::error / caf::expected) whose code is a kvferry::errc and whose text
+/// says what was wrong; nothing throws, asserts or aborts on bad arguments.
+///
+/// Model (as Mooncake's transfer engine): register local memory, open a segment by name, allocate
+/// a batch of capacity N, submit requests into it, read task states, wait, free the batch. Freeing
+/// a batch is allowed at any time: its unresolved tasks end CANCELED, and once free_batch returns
+/// no worker touches the batch's memory any more.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include "actors/batch_board.hpp"
+#include "actors/runtime.hpp"
+#include "actors/segment_owner.hpp"
+#include "actors/task_state.hpp"
+#include "actors/transfer_coordinator.hpp"
+#include "actors/worker.hpp"
+#include "config/settings.hpp"
+#include "memory/region_registry.hpp"
+#include "transport/data_path.hpp"
+
+namespace kvferry {
+
+using batch_id = uint64_t;
+using transport::opcode;
+
+/// One transfer: `length` bytes between local memory at `source` and the target segment's memory
+/// at address `target_offset` (an address inside a region the target registered, as in Mooncake's
+/// TransferRequest; the segment descriptor lists the regions' bases).
+struct transfer_request {
+  opcode op = opcode::read;
+  void* source = nullptr;
+  segment_id target_id = 0;
+  uint64_t target_offset = 0;
+  uint64_t length = 0;
+};
+
+struct submit_options {
+  /// Per-task deadline; zero means the configured task_deadline.
+  std::chrono::milliseconds deadline{0};
+};
+
+struct engine_options {
+  /// This engine's segment name; empty means "local_hostname:rpc_port" from the settings.
+  std::string segment_name;
+  /// Reject remote ranges outside the target's descriptor at submit (errc::out_of_range). With
+  /// false they go to the target, which refuses them and the tasks end FAILED; benchmarks use this
+  /// to probe a segment's edges.
+  bool check_remote_bounds = true;
+  /// Data paths to use instead of the ones the settings choose (tests and benchmarks inject the
+  /// fault-injecting path here). One worker actor is spawned per data path.
+  std::vector<std::shared_ptr<transport::data_path>> data_paths;
+};
+
+class transfer_engine {
+public:
+  /// Creates an engine (one segment) on `rt`.
+  [[nodiscard]] static caf::expected<std::unique_ptr<transfer_engine>>
+  create(std::shared_ptr<runtime> rt, const config::settings& settings, engine_options options = {});
+
+  ~transfer_engine();
+  transfer_engine(const transfer_engine&) = delete;
+  transfer_engine& operator=(const transfer_engine&) = delete;
+
+  [[nodiscard]] const std::string& segment_name() const noexcept { return name_; }
+  [[nodiscard]] const config::settings& settings() const noexcept { return settings_; }
+
+  // -- memory ---------------------------------------------------------------------------------
+
+  /// Registers [addr, addr+length) at `location` ("cpu:N", "cuda:N", "*").
+  [[nodiscard]] caf::error register_memory(void* addr, size_t length,
+                                           std::string_view location = "cpu:0");
+  /// Unregisters the region that starts at `addr`.
+  [[nodiscard]] caf::error unregister_memory(void* addr);
+
+  // -- segments -------------------------------------------------------------------------------
+
+  /// Opens a segment by name and returns its id; opening it again refreshes its descriptor (after
+  /// the peer registered more memory or restarted) and returns the same id.
+  [[nodiscard]] caf::expected<segment_id> open_segment(const std::string& name);
+  /// The descriptor fetched by the last open_segment.
+  [[nodiscard]] caf::expected<memory::segment_descriptor> segment_descriptor(segment_id id) const;
+
+  // -- batches --------------------------------------------------------------------------------
+
+  [[nodiscard]] caf::expected<batch_id> allocate_batch(size_t capacity);
+  /// Frees the batch; unresolved tasks end CANCELED. Fails with unknown_batch on a double free.
+  [[nodiscard]] caf::error free_batch(batch_id batch);
+
+  /// Submits requests as tasks [first, first + requests.size()) of the batch; returns `first`.
+  /// All or nothing: one bad request rejects the call and creates no task.
+  [[nodiscard]] caf::expected<uint32_t> submit(batch_id batch,
+                                               std::span<const transfer_request> requests,
+                                               submit_options options = {});
+
+  [[nodiscard]] caf::expected<transfer_status> status(batch_id batch, uint32_t task) const;
+  [[nodiscard]] caf::expected<batch_summary> batch_status(batch_id batch) const;
+  /// Waits until every submitted task of the batch is terminal; errc::timeout after `timeout`.
+  [[nodiscard]] caf::expected<batch_summary> wait(batch_id batch, std::chrono::milliseconds timeout);
+
+  // -- introspection --------------------------------------------------------------------------
+
+  [[nodiscard]] caf::expected<coordinator_stats> stats() const;
+
+  /// Stops the engine: unresolved tasks end CANCELED, workers stop. Idempotent.
+  void shutdown();
+
+private:
+  struct segment_entry {
+    std::string name;
+    std::shared_ptr<const memory::segment_descriptor> descriptor;
+    /// Set for segments hosted in this process: their live registry.
+    std::shared_ptr<memory::region_registry> local;
+  };
+
+  transfer_engine(std::shared_ptr<runtime> rt, config::settings settings, engine_options options);
+  [[nodiscard]] caf::error start();
+  [[nodiscard]] std::shared_ptr<batch_board> find_batch(batch_id batch) const;
+  [[nodiscard]] caf::expected<memory::segment_descriptor> resolve_segment(const std::string& name);
+
+  std::shared_ptr<runtime> runtime_;
+  config::settings settings_;
+  engine_options options_;
+  std::string name_;
+  std::shared_ptr<memory::region_registry> registry_;
+  segment_owner_actor owner_;
+  coordinator_actor coordinator_;
+  std::vector<worker_actor> workers_;
+
+  /// Held shared by calls that send work to the coordinator, exclusively by shutdown().
+  mutable std::shared_mutex lifecycle_mutex_;
+  bool stopped_ = false;
+
+  mutable std::shared_mutex batches_mutex_;
+  std::unordered_map<batch_id, std::shared_ptr<batch_board>> batches_;
+  batch_id next_batch_ = 1;
+
+  mutable std::shared_mutex segments_mutex_;
+  std::vector<segment_entry> segments_;
+};
+
+} // namespace kvferry

@@ -1,0 +1,33 @@
+# One place that finds every external package and gives it a target name.
+find_package(Threads REQUIRED)
+find_package(Boost 1.81.0 EXACT REQUIRED CONFIG COMPONENTS json unit_test_framework)
+find_package(cppzmq 4.9 REQUIRED CONFIG)
+find_package(spdlog REQUIRED CONFIG)
+find_package(CLI11 REQUIRED CONFIG)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(IBVERBS REQUIRED IMPORTED_TARGET libibverbs)
+
+# CAF 0.17 ships neither a CMake config nor a pkg-config file.
+find_path(CAF_INCLUDE_DIR caf/all.hpp REQUIRED)
+find_library(CAF_CORE_LIBRARY caf_core REQUIRED)
+find_library(CAF_IO_LIBRARY caf_io REQUIRED)
+add_library(caf::core UNKNOWN IMPORTED)
+set_target_properties(caf::core PROPERTIES
+  IMPORTED_LOCATION "${CAF_CORE_LIBRARY}"
+  INTERFACE_INCLUDE_DIRECTORIES "${CAF_INCLUDE_DIR}"
+  INTERFACE_LINK_LIBRARIES Threads::Threads)
+add_library(caf::io UNKNOWN IMPORTED)
+set_target_properties(caf::io PROPERTIES
+  IMPORTED_LOCATION "${CAF_IO_LIBRARY}"
+  INTERFACE_LINK_LIBRARIES caf::core)
+
+# CUDA is optional: detected, never required. Without it, cuda:N memory reports not_supported.
+# kvferry calls only the CUDA runtime API from C++, so no CUDA language support is needed.
+set(KVFERRY_HAVE_CUDA OFF)
+if(KVFERRY_ENABLE_CUDA)
+  find_package(CUDAToolkit QUIET HINTS /usr/local/cuda)
+  if(CUDAToolkit_FOUND AND TARGET CUDA::cudart)
+    set(KVFERRY_HAVE_CUDA ON)
+  endif()
+endif()
+message(STATUS "kvferry: CUDA support ${KVFERRY_HAVE_CUDA}")

@@ -1,0 +1,71 @@
+#pragma once
+/// kvferry's one error enum. Every fallible call returns `caf::expected<T>` or `caf::error`;
+/// an error carries one of these codes plus a context string that names what was wrong, where,
+/// and what was expected. Errors cross node boundaries unchanged (CAF serializes them).
+
+#include <cstdint>
+#include <string>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+#include <caf/make_message.hpp>
+
+namespace kvferry {
+
+enum class errc : uint8_t {
+  /// Not an error; never returned.
+  none = 0,
+  /// A configuration file or value is malformed, mistyped or out of range.
+  invalid_config,
+  /// An API or command-line argument is invalid (zero length, null address, bad name).
+  invalid_argument,
+  /// The batch id names no live batch: never allocated, or already freed.
+  unknown_batch,
+  /// A submit would put more tasks into a batch than its capacity.
+  batch_full,
+  /// A local address range is not inside one registered memory region.
+  unregistered_memory,
+  /// A registration overlaps a region that is already registered.
+  overlapping_region,
+  /// An unregister names an address that starts no registered region.
+  unknown_region,
+  /// A segment handle or segment name is unknown or cannot be resolved.
+  unknown_segment,
+  /// A remote range is not inside one region the target segment registered.
+  out_of_range,
+  /// A task index is outside the tasks submitted to its batch.
+  unknown_task,
+  /// A wait or a request ran past its deadline.
+  timeout,
+  /// A data path failed to move a slice (socket error, peer error status, verbs completion error).
+  transport_failure,
+  /// The peer cannot be reached (connection refused, peer gone).
+  peer_unreachable,
+  /// A frame from a peer failed validation.
+  malformed_frame,
+  /// The operation needs something this build or machine lacks (GPU, RDMA device).
+  not_supported,
+  /// The engine or node is stopping and accepts no new work.
+  shutting_down,
+  /// A region is still used by transfers in flight.
+  busy,
+};
+
+/// Short stable name of a code, e.g. "out_of_range".
+[[nodiscard]] const char* to_string(errc code) noexcept;
+
+/// Builds an error with a human-readable context.
+[[nodiscard]] caf::error make_error(errc code, std::string context);
+
+/// Renders any error, kvferry's or CAF's, as "code: context".
+[[nodiscard]] std::string describe(const caf::error& err);
+
+/// The context text of `err` alone (no code name); empty when it has none.
+[[nodiscard]] std::string context_of(const caf::error& err);
+
+/// The kvferry code inside `err`, or errc::none when `err` is empty or from another category.
+[[nodiscard]] errc code_of(const caf::error& err) noexcept;
+
+} // namespace kvferry
+
+CAF_ERROR_CODE_ENUM(kvferry::errc, "kvferry")

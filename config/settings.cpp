@@ -1,0 +1,459 @@
+#include "config/settings.hpp"
+
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include <boost/json.hpp>
+
+#include "config/error.hpp"
+
+namespace json = boost::json;
+
+namespace kvferry::config {
+
+namespace {
+
+std::string quote(std::string_view s) {
+  std::string out = "'";
+  out.append(s);
+  out += "'";
+  return out;
+}
+
+/// A JSON value rendered for an error message, shortened.
+std::string render(const json::value& v) {
+  auto text = json::serialize(v);
+  if (text.size() > 60)
+    text = text.substr(0, 57) + "...";
+  return text;
+}
+
+const char* kind_name(const json::value& v) {
+  switch (v.kind()) {
+    case json::kind::null: return "null";
+    case json::kind::bool_: return "a boolean";
+    case json::kind::int64:
+    case json::kind::uint64:
+    case json::kind::double_: return "a number";
+    case json::kind::string: return "a string";
+    case json::kind::array: return "an array";
+    case json::kind::object: return "an object";
+  }
+  return "a value";
+}
+
+/// Context shared by the field parsers: which file and which field, for messages.
+struct field_ctx {
+  std::string_view source;
+  std::string field;
+
+  caf::error fail(const json::value& v, std::string_view expected) const {
+    return make_error(errc::invalid_config,
+                      std::string(source) + ": field " + quote(field) + ": value " + render(v)
+                        + " is " + kind_name(v) + "; expected " + std::string(expected));
+  }
+  caf::error fail_text(std::string_view value, std::string_view why) const {
+    return make_error(errc::invalid_config, std::string(source) + ": field " + quote(field)
+                                              + ": value " + quote(value) + " " + std::string(why));
+  }
+};
+
+caf::expected<std::string> get_string(const field_ctx& c, const json::value& v,
+                                      std::string_view expected) {
+  if (!v.is_string())
+    return c.fail(v, expected);
+  return std::string(v.get_string());
+}
+
+caf::expected<uint64_t> get_unsigned(const field_ctx& c, const json::value& v, uint64_t lo,
+                                     uint64_t hi) {
+  auto expected = "a whole number from " + std::to_string(lo) + " to " + std::to_string(hi);
+  uint64_t x = 0;
+  if (v.is_uint64()) {
+    x = v.get_uint64();
+  } else if (v.is_int64()) {
+    if (v.get_int64() < 0)
+      return c.fail(v, expected);
+    x = static_cast<uint64_t>(v.get_int64());
+  } else if (v.is_double()) {
+    double d = v.get_double();
+    if (!(d >= 0) || d != std::floor(d) || d > 1.8e19)
+      return c.fail(v, expected);
+    x = static_cast<uint64_t>(d);
+  } else {
+    return c.fail(v, expected);
+  }
+  if (x < lo || x > hi)
+    return make_error(errc::invalid_config, std::string(c.source) + ": field " + quote(c.field)
+                                              + ": value " + std::to_string(x)
+                                              + " is out of range; expected " + expected);
+  return x;
+}
+
+caf::expected<uint64_t> get_size(const field_ctx& c, const json::value& v, uint64_t lo) {
+  constexpr const char* expected
+    = "a number of bytes or a size string such as \"4GB\", \"512 MiB\" or \"64KiB\"";
+  if (v.is_string()) {
+    auto r = parse_size(v.get_string(), std::string(c.source) + ": field " + quote(c.field));
+    if (!r)
+      return r.error();
+    if (*r < lo)
+      return c.fail_text(std::string(v.get_string()),
+                         "is too small; expected at least " + std::to_string(lo) + " bytes");
+    return *r;
+  }
+  if (v.is_number())
+    return get_unsigned(c, v, lo, std::numeric_limits<uint64_t>::max() / 2);
+  return c.fail(v, expected);
+}
+
+std::vector<std::string> split_list(std::string_view text) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    auto comma = text.find(',', pos);
+    if (comma == std::string_view::npos)
+      comma = text.size();
+    auto item = text.substr(pos, comma - pos);
+    while (!item.empty() && item.front() == ' ')
+      item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ')
+      item.remove_suffix(1);
+    if (!item.empty())
+      out.emplace_back(item);
+    pos = comma + 1;
+  }
+  return out;
+}
+
+/// Accepts "host:port" with a port from 1 to 65535.
+bool valid_host_port(std::string_view hp) {
+  auto colon = hp.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == hp.size())
+    return false;
+  unsigned port = 0;
+  auto digits = hp.substr(colon + 1);
+  auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+  return ec == std::errc{} && ptr == digits.data() + digits.size() && port >= 1 && port <= 65535;
+}
+
+std::pair<size_t, size_t> line_and_column(std::string_view text, size_t offset) {
+  size_t line = 1, col = 1;
+  for (size_t i = 0; i < offset && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      col = 1;
+    } else {
+      ++col;
+    }
+  }
+  return {line, col};
+}
+
+caf::error parse_kvferry_object(std::string_view source, const json::object& obj,
+                                settings& out) {
+  for (const auto& [key, value] : obj) {
+    field_ctx c{source, "kvferry." + std::string(key)};
+    if (key == "slice_size") {
+      auto r = get_size(c, value, 1);
+      if (!r)
+        return r.error();
+      if (*r > (64ULL << 20))
+        return c.fail_text(render(value), "is too large; expected at most 64 MiB");
+      out.slice_size = *r;
+    } else if (key == "worker_count") {
+      auto r = get_unsigned(c, value, 1, 64);
+      if (!r)
+        return r.error();
+      out.worker_count = static_cast<uint32_t>(*r);
+    } else if (key == "task_deadline_ms") {
+      auto r = get_unsigned(c, value, 1, 24ULL * 3600 * 1000);
+      if (!r)
+        return r.error();
+      out.task_deadline = std::chrono::milliseconds{*r};
+    } else if (key == "retry_limit") {
+      auto r = get_unsigned(c, value, 0, 100);
+      if (!r)
+        return r.error();
+      out.retry_limit = static_cast<uint32_t>(*r);
+    } else if (key == "rpc_port" || key == "data_port") {
+      auto r = get_unsigned(c, value, 0, 65535);
+      if (!r)
+        return r.error();
+      (key == "rpc_port" ? out.rpc_port : out.data_port) = static_cast<uint16_t>(*r);
+    } else if (key == "log_level") {
+      auto r = get_string(c, value, "one of trace, debug, info, warn, error, critical, off");
+      if (!r)
+        return r.error();
+      static constexpr std::string_view levels[]
+        = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+      bool ok = false;
+      for (auto l : levels)
+        ok = ok || *r == l;
+      if (!ok)
+        return c.fail_text(*r, "is not a log level; expected one of trace, debug, info, warn, "
+                               "error, critical, off");
+      out.log_level = *r;
+    } else {
+      out.warnings.push_back(std::string(source) + ": unknown field " + quote(c.field)
+                             + " ignored");
+    }
+  }
+  return {};
+}
+
+} // namespace
+
+const char* to_string(protocol p) noexcept {
+  return p == protocol::rdma ? "rdma" : "tcp";
+}
+
+const char* to_string(metadata_kind k) noexcept {
+  switch (k) {
+    case metadata_kind::p2p_handshake: return "P2PHANDSHAKE";
+    case metadata_kind::http: return "http";
+    case metadata_kind::etcd: return "etcd";
+    case metadata_kind::redis: return "redis";
+  }
+  return "?";
+}
+
+caf::expected<uint64_t> parse_size(std::string_view text, std::string_view what) {
+  auto fail = [&](std::string_view why) {
+    return make_error(errc::invalid_config,
+                      std::string(what) + ": value " + quote(text) + " " + std::string(why)
+                        + "; expected a size such as 1048576, \"4GB\", \"1.5 GiB\" or \"64KiB\"");
+  };
+  std::string_view s = text;
+  while (!s.empty() && s.front() == ' ')
+    s.remove_prefix(1);
+  while (!s.empty() && s.back() == ' ')
+    s.remove_suffix(1);
+  if (s.empty())
+    return fail("is empty");
+  size_t i = 0;
+  while (i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.'))
+    ++i;
+  auto number = s.substr(0, i);
+  if (number.empty() || number.front() == '.' || number.back() == '.'
+      || number.find('.') != number.rfind('.'))
+    return fail("does not start with a number");
+  auto unit = s.substr(i);
+  while (!unit.empty() && unit.front() == ' ')
+    unit.remove_prefix(1);
+  std::string u;
+  for (char ch : unit)
+    u += static_cast<char>(ch >= 'a' && ch <= 'z' ? ch - 'a' + 'A' : ch);
+  unsigned shift = 0;
+  if (u.empty() || u == "B")
+    shift = 0;
+  else if (u == "K" || u == "KB" || u == "KIB")
+    shift = 10;
+  else if (u == "M" || u == "MB" || u == "MIB")
+    shift = 20;
+  else if (u == "G" || u == "GB" || u == "GIB")
+    shift = 30;
+  else if (u == "T" || u == "TB" || u == "TIB")
+    shift = 40;
+  else
+    return fail("has an unknown unit " + quote(unit));
+  auto dot = number.find('.');
+  uint64_t whole = 0;
+  auto int_part = number.substr(0, dot);
+  auto [p, ec] = std::from_chars(int_part.data(), int_part.data() + int_part.size(), whole);
+  if (ec != std::errc{} || p != int_part.data() + int_part.size())
+    return fail("is too large");
+  if (shift > 0 && whole > (std::numeric_limits<uint64_t>::max() >> shift))
+    return fail("is too large");
+  uint64_t result = whole << shift;
+  if (dot != std::string_view::npos) {
+    // Fraction: exact for up to 9 digits, rounded down to whole bytes.
+    auto frac = number.substr(dot + 1);
+    if (frac.size() > 9)
+      frac = frac.substr(0, 9);
+    uint64_t f = 0, scale = 1;
+    for (char ch : frac) {
+      f = f * 10 + static_cast<uint64_t>(ch - '0');
+      scale *= 10;
+    }
+    result += static_cast<uint64_t>((static_cast<__uint128_t>(f) << shift) / scale);
+    if (shift == 0 && f != 0)
+      return fail("has a fraction of a byte");
+  }
+  return result;
+}
+
+caf::expected<metadata_server> parse_metadata_server(std::string_view text, std::string_view what) {
+  metadata_server out;
+  out.text = std::string(text);
+  auto fail = [&](std::string_view why) {
+    return make_error(
+      errc::invalid_config,
+      std::string(what) + ": value " + quote(text) + " " + std::string(why)
+        + "; expected P2PHANDSHAKE, http://host:port/path, etcd://host:port[,host:port], "
+          "redis://host:port or host:port (etcd)");
+  };
+  auto starts = [&](std::string_view prefix) { return text.substr(0, prefix.size()) == prefix; };
+  if (text == "P2PHANDSHAKE") {
+    out.kind = metadata_kind::p2p_handshake;
+    return out;
+  }
+  if (starts("http://") || starts("https://")) {
+    auto rest = text.substr(text.find("//") + 2);
+    auto host_end = rest.find('/');
+    auto host = rest.substr(0, host_end);
+    if (host.empty())
+      return fail("has no host");
+    out.kind = metadata_kind::http;
+    out.endpoints.emplace_back(text);
+    return out;
+  }
+  std::string_view list = text;
+  out.kind = metadata_kind::etcd;
+  if (starts("etcd://")) {
+    list = text.substr(7);
+  } else if (starts("redis://")) {
+    list = text.substr(8);
+    out.kind = metadata_kind::redis;
+  } else if (text.find("://") != std::string_view::npos) {
+    return fail("has an unknown scheme");
+  }
+  out.endpoints = split_list(list);
+  if (out.endpoints.empty())
+    return fail("names no endpoint");
+  for (const auto& ep : out.endpoints)
+    if (!valid_host_port(ep))
+      return fail("has endpoint " + quote(ep) + " that is not host:port");
+  return out;
+}
+
+caf::expected<settings> parse(std::string_view text, std::string_view source) {
+  json::stream_parser parser;
+  boost::system::error_code ec;
+  size_t used = parser.write_some(text.data(), text.size(), ec);
+  if (!ec)
+    parser.finish(ec);
+  if (ec) {
+    auto [line, col] = line_and_column(text, used);
+    return make_error(errc::invalid_config,
+                      std::string(source) + ": malformed JSON at line " + std::to_string(line)
+                        + ", column " + std::to_string(col) + ": " + ec.message()
+                        + "; expected one JSON object such as "
+                          "{\"local_hostname\": \"10.0.0.1\", \"metadata_server\": \"P2PHANDSHAKE\"}");
+  }
+  auto root = parser.release();
+  if (!root.is_object())
+    return make_error(errc::invalid_config, std::string(source) + ": the top level is "
+                                              + kind_name(root) + "; expected a JSON object");
+  settings out;
+  out.source = std::string(source);
+  bool has_hostname = false, has_metadata = false;
+  for (const auto& [key, value] : root.get_object()) {
+    field_ctx c{source, std::string(key)};
+    if (key == "local_hostname") {
+      auto r = get_string(c, value, "a string: this node's address, \"host\" or \"host:port\"");
+      if (!r)
+        return r.error();
+      if (r->empty())
+        return c.fail_text(*r, "is empty; expected this node's address");
+      auto colon = r->rfind(':');
+      if (colon != std::string::npos && r->find(']') == std::string::npos
+          && r->find(':') == colon) {
+        if (!valid_host_port(*r))
+          return c.fail_text(*r, "has a bad port; expected host or host:port (1-65535)");
+        out.rpc_port = static_cast<uint16_t>(std::stoul(r->substr(colon + 1)));
+        *r = r->substr(0, colon);
+      }
+      out.local_hostname = *r;
+      has_hostname = true;
+    } else if (key == "metadata_server") {
+      auto r = get_string(c, value, "a string such as \"P2PHANDSHAKE\" or \"etcd://host:2379\"");
+      if (!r)
+        return r.error();
+      auto m = parse_metadata_server(*r, std::string(source) + ": field " + quote(c.field));
+      if (!m)
+        return m.error();
+      out.metadata = std::move(*m);
+      has_metadata = true;
+    } else if (key == "protocol") {
+      auto r = get_string(c, value, "a string: \"tcp\" or \"rdma\"");
+      if (!r)
+        return r.error();
+      if (*r == "tcp")
+        out.transport = protocol::tcp;
+      else if (*r == "rdma")
+        out.transport = protocol::rdma;
+      else
+        return c.fail_text(*r, "is not a supported protocol; expected \"tcp\" or \"rdma\"");
+    } else if (key == "device_name") {
+      auto r = get_string(c, value, "a string: comma-separated RDMA NIC names such as "
+                                    "\"mlx5_0,mlx5_1\", or \"\" / \"auto-discovery\"");
+      if (!r)
+        return r.error();
+      out.device_names.clear();
+      if (*r != "auto-discovery")
+        out.device_names = split_list(*r);
+    } else if (key == "master_server_address") {
+      auto r = get_string(c, value, "a string \"host:port\" or \"etcd://host:port\"");
+      if (!r)
+        return r.error();
+      if (!r->empty() && r->find("://") == std::string::npos && !valid_host_port(*r))
+        return c.fail_text(*r, "is not host:port; expected \"host:port\" or \"etcd://host:port\"");
+      out.master_server_address = *r;
+    } else if (key == "global_segment_size" || key == "local_buffer_size") {
+      auto r = get_size(c, value, 0);
+      if (!r)
+        return r.error();
+      (key == "global_segment_size" ? out.global_segment_size : out.local_buffer_size) = *r;
+    } else if (key == "kvferry") {
+      if (!value.is_object())
+        return c.fail(value, "an object with kvferry's settings (slice_size, worker_count, "
+                             "task_deadline_ms, retry_limit, rpc_port, data_port, log_level)");
+      if (auto err = parse_kvferry_object(source, value.get_object(), out))
+        return err;
+    } else {
+      out.warnings.push_back(std::string(source) + ": unknown field " + quote(key) + " ignored");
+    }
+  }
+  if (!has_hostname)
+    return make_error(errc::invalid_config,
+                      std::string(source) + ": field 'local_hostname' is missing; expected this "
+                                            "node's address, e.g. \"local_hostname\": \"10.0.0.1\"");
+  if (!has_metadata)
+    return make_error(errc::invalid_config,
+                      std::string(source) + ": field 'metadata_server' is missing; expected e.g. "
+                                            "\"metadata_server\": \"P2PHANDSHAKE\"");
+  return out;
+}
+
+caf::expected<settings> load_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return make_error(errc::invalid_config,
+                      path + ": cannot open configuration file: " + std::strerror(errno));
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return parse(buf.str(), path);
+}
+
+caf::expected<settings> load(const std::optional<std::string>& cli_path) {
+  if (cli_path)
+    return load_file(*cli_path);
+  for (const char* var : {"KVFERRY_CONFIG", "MOONCAKE_CONFIG_PATH"}) {
+    if (const char* value = std::getenv(var); value != nullptr && *value != '\0') {
+      auto r = load_file(value);
+      if (!r)
+        return make_error(errc::invalid_config,
+                          context_of(r.error()) + " (file named by " + var + ")");
+      return r;
+    }
+  }
+  return settings{};
+}
+
+} // namespace kvferry::config

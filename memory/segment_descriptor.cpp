@@ -1,0 +1,40 @@
+#include "memory/segment_descriptor.hpp"
+
+#include <algorithm>
+
+#include "config/error.hpp"
+
+namespace kvferry::memory {
+
+const region_descriptor* segment_descriptor::find(uint64_t addr, uint64_t len) const noexcept {
+  auto it = std::upper_bound(regions.begin(), regions.end(), addr,
+                             [](uint64_t a, const region_descriptor& r) { return a < r.base; });
+  if (it == regions.begin())
+    return nullptr;
+  --it;
+  return it->contains(addr, len) ? &*it : nullptr;
+}
+
+const transport_endpoint* segment_descriptor::endpoint(const std::string& kind) const noexcept {
+  for (const auto& ep : endpoints)
+    if (ep.kind == kind)
+      return &ep;
+  return nullptr;
+}
+
+caf::error segment_descriptor::validate() const {
+  if (name.empty() || name.size() > 256)
+    return make_error(errc::malformed_frame, "segment descriptor: name is empty or longer than 256");
+  uint64_t previous_end = 0;
+  for (size_t i = 0; i < regions.size(); ++i) {
+    const auto& r = regions[i];
+    if (r.length == 0 || r.base + r.length < r.base || (i > 0 && r.base < previous_end))
+      return make_error(errc::malformed_frame,
+                        "segment descriptor '" + name + "': region " + std::to_string(i)
+                          + " is empty, wraps around or overlaps the previous one");
+    previous_end = r.base + r.length;
+  }
+  return {};
+}
+
+} // namespace kvferry::memory
