@@ -1,0 +1,21 @@
+# `kvferry demo` with a bad configuration must exit non-zero, name the field, and not crash.
+set(config "${WORK_DIR}/demo_bad_config.json")
+file(WRITE "${config}" "{\"local_hostname\": \"127.0.0.1\", \"metadata_server\": \"P2PHANDSHAKE\", \"protocol\": \"carrier-pigeon\"}")
+execute_process(COMMAND "${KVFERRY}" --config "${config}" demo
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0)
+  message(FATAL_ERROR "demo accepted a bad protocol: ${out}${err}")
+endif()
+if(NOT rc MATCHES "^[0-9]+$" OR rc GREATER 125)
+  message(FATAL_ERROR "demo died instead of exiting (${rc}): ${err}")
+endif()
+if(NOT err MATCHES "protocol" OR NOT err MATCHES "carrier-pigeon" OR NOT err MATCHES "demo_bad_config.json")
+  message(FATAL_ERROR "message does not name file, field and value: ${err}")
+endif()
+file(WRITE "${config}" "{\"local_hostname\": \"127.0.0.1\", \"metadata_server\": \"P2PHANDSHAKE\", \"global_segment_size\": \"4 parsecs\"}")
+execute_process(COMMAND "${KVFERRY}" --config "${config}" demo
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "global_segment_size")
+  message(FATAL_ERROR "bad size not reported by field (${rc}): ${err}")
+endif()
+message(STATUS "bad configurations rejected: ${err}")
