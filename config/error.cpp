@@ -26,6 +26,7 @@ const char* to_string(errc code) noexcept {
     case errc::not_supported: return "not_supported";
     case errc::shutting_down: return "shutting_down";
     case errc::busy: return "busy";
+    case errc::stale_incarnation: return "stale_incarnation";
   }
   return "unknown_error_code";
 }

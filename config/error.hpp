@@ -49,7 +49,13 @@ enum class errc : uint8_t {
   shutting_down,
   /// A region is still used by transfers in flight.
   busy,
+  /// The request addressed an earlier incarnation of the target (it restarted): open the segment
+  /// again to learn its new memory layout.
+  stale_incarnation,
 };
+
+/// The highest errc value (frames from peers carry errc values; larger ones are malformed).
+inline constexpr errc errc_last = errc::stale_incarnation;
 
 /// Short stable name of a code, e.g. "out_of_range".
 [[nodiscard]] const char* to_string(errc code) noexcept;
