@@ -41,6 +41,22 @@ runtime::~runtime() {
   system_.reset();
 }
 
+void runtime::add_face(const std::string& name, segment_public_actor face) {
+  std::lock_guard<std::mutex> guard(faces_mutex_);
+  faces_[name] = std::move(face);
+}
+
+void runtime::remove_face(const std::string& name) {
+  std::lock_guard<std::mutex> guard(faces_mutex_);
+  faces_.erase(name);
+}
+
+segment_public_actor runtime::find_face(const std::string& name) const {
+  std::lock_guard<std::mutex> guard(faces_mutex_);
+  auto it = faces_.find(name);
+  return it == faces_.end() ? segment_public_actor{} : it->second;
+}
+
 caf::expected<std::shared_ptr<runtime>> runtime::create(options opts) {
   return std::shared_ptr<runtime>(new runtime(opts));
 }

@@ -3,12 +3,16 @@
 /// and the directory of segments hosted in this process. Engines are created on a runtime; several
 /// engines (segments) can share one, which is how the same-process data path finds its peers.
 
+#include <map>
 #include <memory>
+#include <mutex>
+#include <string>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/expected.hpp>
 
+#include "actors/segment_owner.hpp"
 #include "memory/local_directory.hpp"
 
 namespace kvferry {
@@ -39,6 +43,11 @@ public:
     return directory_;
   }
 
+  /// Public faces of the segments hosted in this process, for same-process notifications.
+  void add_face(const std::string& name, segment_public_actor face);
+  void remove_face(const std::string& name);
+  [[nodiscard]] segment_public_actor find_face(const std::string& name) const;
+
 private:
   explicit runtime(options opts);
 
@@ -46,6 +55,8 @@ private:
   std::unique_ptr<actor_config> config_;
   std::unique_ptr<caf::actor_system> system_;
   std::shared_ptr<memory::local_directory> directory_;
+  mutable std::mutex faces_mutex_;
+  std::map<std::string, segment_public_actor> faces_;
 };
 
 } // namespace kvferry

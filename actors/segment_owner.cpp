@@ -85,6 +85,7 @@ segment_owner_actor::behavior_type owner_impl(segment_owner_actor::stateful_poin
       }
       eps.push_back(std::move(ep));
     },
+    [self](attach_atom, std::string& name) { self->state.name = std::move(name); },
     [self](drain_atom) {
       std::vector<notification> out(std::make_move_iterator(self->state.inbox.begin()),
                                     std::make_move_iterator(self->state.inbox.end()));

@@ -8,6 +8,8 @@
 ///   register(addr, length, location) -> bool    add a region (rejects overlap, zero length)
 ///   unregister(addr) -> bool                    remove the region starting at addr
 ///   attach(endpoint)                            announce a data-path endpoint in the descriptor
+///   attach(name)                                set the segment's name (known once the node's
+///                                               control port is bound)
 ///   drain -> notifications                      take the notifications received so far
 /// Protocol, public (what peers may send; the node publishes a segment_public_actor face):
 ///   describe -> segment_descriptor              the current descriptor
@@ -53,6 +55,7 @@ using segment_owner_actor = segment_public_actor::extend<
   caf::replies_to<register_atom, uint64_t, uint64_t, std::string>::with<bool>,
   caf::replies_to<unregister_atom, uint64_t>::with<bool>,
   caf::reacts_to<attach_atom, memory::transport_endpoint>,
+  caf::reacts_to<attach_atom, std::string>,
   caf::replies_to<drain_atom>::with<std::vector<notification>>>;
 
 /// Notifications kept per segment before the oldest are dropped (and counted in the log).

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,7 @@
 
 #include "actors/atoms.hpp"
 #include "actors/batch_board.hpp"
+#include "actors/segment_owner.hpp"
 #include "actors/worker.hpp"
 #include "transport/data_path.hpp"
 
@@ -53,6 +55,13 @@ struct task_spec {
   memory::location local_where;
 };
 
+/// A notification to send once every task of a submission is COMPLETED (never otherwise).
+struct notify_spec {
+  segment_public_actor target;
+  std::string from;
+  std::string message;
+};
+
 /// Tasks [first_index, first_index + tasks.size()) of one batch.
 struct submission {
   std::shared_ptr<batch_board> board;
@@ -60,6 +69,7 @@ struct submission {
   std::vector<task_spec> tasks;
   /// Relative deadline of every task in this submission.
   caf::timespan deadline{0};
+  std::optional<notify_spec> notify;
 };
 
 /// Names a batch in free().
@@ -83,6 +93,8 @@ struct coordinator_stats {
   uint64_t live_batches = 0;
   uint64_t live_tasks = 0;
   uint64_t live_slices = 0;
+  uint64_t notifies_sent = 0;
+  uint64_t notifies_dropped = 0; // a task of the submission did not complete
 
   [[nodiscard]] uint64_t tasks_resolved() const noexcept {
     return tasks_completed + tasks_failed + tasks_timeout + tasks_canceled;
@@ -94,7 +106,8 @@ typename Inspector::result_type inspect(Inspector& f, coordinator_stats& x) {
   return f(caf::meta::type_name("kvferry::coordinator_stats"), x.tasks_submitted,
            x.tasks_completed, x.tasks_failed, x.tasks_timeout, x.tasks_canceled, x.slices_posted,
            x.slices_succeeded, x.slices_failed, x.slices_retried, x.slices_withdrawn,
-           x.late_reports, x.repeated_resolutions, x.live_batches, x.live_tasks, x.live_slices);
+           x.late_reports, x.repeated_resolutions, x.live_batches, x.live_tasks, x.live_slices,
+           x.notifies_sent, x.notifies_dropped);
 }
 
 struct coordinator_settings {

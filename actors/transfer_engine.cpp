@@ -7,7 +7,11 @@
 #include <caf/send.hpp>
 
 #include "config/log.hpp"
+#include <caf/io/middleman.hpp>
+
 #include "transport/local_path.hpp"
+#include "transport/tcp_path.hpp"
+#include "transport/zmq_support.hpp"
 
 namespace kvferry {
 
@@ -70,18 +74,70 @@ transfer_engine::create(std::shared_ptr<runtime> rt, const config::settings& set
 
 caf::error transfer_engine::start() {
   auto& sys = runtime_->system();
+  incarnation_ = new_incarnation();
+  owner_ = spawn_segment_owner(sys, name_, incarnation_, registry_);
+  face_ = spawn_segment_public_face(sys, owner_);
+  auto fail = [&](caf::error err) {
+    caf::anon_send_exit(face_, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(owner_, caf::exit_reason::user_shutdown);
+    return err;
+  };
+  if (runtime_->networked()) {
+    // Control plane: peers reach this segment's public face (describe, notify) on the rpc port.
+    auto port = sys.middleman().publish(face_, settings_.rpc_port, settings_.local_hostname.c_str(),
+                                        true);
+    if (!port)
+      return fail(make_error(errc::transport_failure,
+                             "cannot listen for peers on " + settings_.local_hostname + ":"
+                               + std::to_string(settings_.rpc_port) + " (rpc port): "
+                               + sys.render(port.error())));
+    rpc_port_ = *port;
+    if (options_.segment_name.empty())
+      name_ = settings_.local_hostname + ":" + std::to_string(rpc_port_);
+    caf::anon_send(owner_, attach_atom::value, name_);
+  }
   if (!runtime_->directory()->add(name_, registry_))
-    return make_error(errc::invalid_argument,
-                      "segment name '" + name_ + "' is already used in this process");
-  owner_ = spawn_segment_owner(sys, name_, new_incarnation(), registry_);
+    return fail(make_error(errc::invalid_argument,
+                           "segment name '" + name_ + "' is already used in this process"));
+  runtime_->add_face(name_, face_);
+  if (runtime_->networked() && settings_.transport == config::protocol::tcp) {
+    // Data plane: one ROUTER that serves this segment's memory to peers.
+    zmq_context_ = transport::make_zmq_context(1);
+    transport::tcp_server_options so;
+    so.bind_host = settings_.local_hostname;
+    so.advertised_host = settings_.local_hostname;
+    so.port = settings_.data_port;
+    so.incarnation = incarnation_;
+    so.segment_name = name_;
+    auto server = transport::tcp_server::start(zmq_context_, registry_, so);
+    if (!server) {
+      runtime_->directory()->remove(name_);
+      runtime_->remove_face(name_);
+      return fail(server.error());
+    }
+    server_ = std::move(*server);
+    caf::anon_send(owner_, attach_atom::value,
+                   memory::transport_endpoint{"tcp", server_->endpoint()});
+  } else if (runtime_->networked()) {
+    runtime_->directory()->remove(name_);
+    runtime_->remove_face(name_);
+    return fail(make_error(errc::not_supported,
+                           std::string("protocol '") + config::to_string(settings_.transport)
+                             + "': this build drives RDMA through libibverbs, but this machine "
+                               "has no RDMA device; use \"protocol\": \"tcp\""));
+  }
   coordinator_settings cs;
   cs.slice_size = settings_.slice_size;
   cs.retry_limit = settings_.retry_limit;
   coordinator_ = spawn_coordinator(sys, cs);
   auto paths = options_.data_paths;
   if (paths.empty()) {
+    // Same-process segments: memcpy workers. Peers in other processes: TCP workers.
     for (uint32_t i = 0; i < settings_.worker_count; ++i)
       paths.push_back(std::make_shared<transport::local_path>(runtime_->directory(), registry_));
+    if (zmq_context_)
+      for (uint32_t i = 0; i < settings_.worker_count; ++i)
+        paths.push_back(std::make_shared<transport::tcp_path>(zmq_context_));
   }
   for (auto& path : paths) {
     auto index = static_cast<uint32_t>(workers_.size());
@@ -108,10 +164,16 @@ void transfer_engine::shutdown() {
   if (!stopped)
     log::warn("engine '{}': coordinator did not confirm stop: {}", name_,
               describe(stopped.error()));
-  caf::anon_send_exit(owner_, caf::exit_reason::user_shutdown);
   for (auto& w : workers_)
     caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
+  if (server_)
+    server_->stop();
+  if (runtime_->networked() && rpc_port_ != 0)
+    (void) sys.middleman().unpublish(face_, rpc_port_);
+  caf::anon_send_exit(face_, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(owner_, caf::exit_reason::user_shutdown);
   runtime_->directory()->remove(name_);
+  runtime_->remove_face(name_);
   {
     std::unique_lock<std::shared_mutex> batches(batches_mutex_);
     for (auto& [id, board] : batches_)
@@ -135,20 +197,63 @@ caf::error transfer_engine::unregister_memory(void* addr) {
     return stopped_error();
   auto r = ask<bool>(runtime_->system(), owner_, call_timeout, unregister_atom::value,
                      reinterpret_cast<uint64_t>(addr));
-  return r ? caf::error{} : std::move(r.error());
+  if (!r)
+    return std::move(r.error());
+  // Peers' READ replies are sent from registered memory without copying: wait until none
+  // still points into it, so the caller may free the memory when this returns.
+  if (server_ && !server_->wait_unreferenced(std::chrono::seconds(5)))
+    return make_error(errc::busy, "unregister memory at " + hex(reinterpret_cast<uint64_t>(addr))
+                                    + ": replies to peers still reference registered memory after 5 s");
+  return {};
 }
 
-caf::expected<memory::segment_descriptor> transfer_engine::resolve_segment(const std::string& name) {
+caf::expected<std::pair<memory::segment_descriptor, segment_public_actor>>
+transfer_engine::resolve_segment(const std::string& name) {
   if (auto local = runtime_->directory()->find(name)) {
+    // Hosted in this very process (same runtime): the same-process data path serves it. A peer is
+    // never treated as local because its host name or address matches ours.
     memory::segment_descriptor desc;
     desc.name = name;
     desc.endpoints.push_back(memory::transport_endpoint{"local", ""});
     for (const auto& r : local->snapshot()->regions())
       desc.regions.push_back(memory::region_descriptor{r.base, r.length, to_string(r.where), 0});
-    return desc;
+    return std::make_pair(std::move(desc), runtime_->find_face(name));
   }
-  return make_error(errc::unknown_segment,
-                    "open segment '" + name + "': no segment of that name in this process");
+  if (!runtime_->networked())
+    return make_error(errc::unknown_segment, "open segment '" + name
+                                               + "': no segment of that name in this process, and "
+                                                 "this engine does not reach other nodes");
+  if (settings_.metadata.kind != config::metadata_kind::p2p_handshake)
+    return make_error(errc::not_supported,
+                      "open segment '" + name + "': metadata server '" + settings_.metadata.text
+                        + "' (" + config::to_string(settings_.metadata.kind)
+                        + ") is not supported yet; use \"metadata_server\": \"P2PHANDSHAKE\"");
+  // P2PHANDSHAKE: the name is the peer's "host:rpc_port"; ask that node directly.
+  auto colon = name.rfind(':');
+  unsigned port = 0;
+  if (colon == std::string::npos || colon == 0
+      || std::sscanf(name.c_str() + colon + 1, "%u", &port) != 1 || port == 0 || port > 65535)
+    return make_error(errc::invalid_argument, "open segment '" + name
+                                                + "': under P2PHANDSHAKE a segment name is "
+                                                  "host:port (the peer's rpc port)");
+  auto& sys = runtime_->system();
+  auto face = sys.middleman().remote_actor<segment_public_actor>(name.substr(0, colon),
+                                                                 static_cast<uint16_t>(port));
+  if (!face)
+    return make_error(errc::peer_unreachable, "open segment '" + name
+                                                + "': cannot reach its node: "
+                                                + sys.render(face.error()));
+  auto desc = ask<memory::segment_descriptor>(sys, *face, std::chrono::seconds(10),
+                                              describe_atom::value);
+  if (!desc)
+    return make_error(errc::peer_unreachable, "open segment '" + name
+                                                + "': its node did not describe it: "
+                                                + describe(desc.error()));
+  if (auto err = desc->validate())
+    return make_error(errc::malformed_frame, "open segment '" + name + "': " + context_of(err));
+  // Only data paths of other nodes: never "local", whatever the peer claims.
+  std::erase_if(desc->endpoints, [](const auto& ep) { return ep.kind == "local"; });
+  return std::make_pair(std::move(*desc), *face);
 }
 
 caf::expected<segment_id> transfer_engine::open_segment(const std::string& name) {
@@ -157,10 +262,10 @@ caf::expected<segment_id> transfer_engine::open_segment(const std::string& name)
     return stopped_error();
   if (name.empty())
     return make_error(errc::invalid_argument, "open segment: name is empty");
-  auto desc = resolve_segment(name);
-  if (!desc)
-    return desc.error();
-  auto shared = std::make_shared<const memory::segment_descriptor>(std::move(*desc));
+  auto resolved = resolve_segment(name);
+  if (!resolved)
+    return resolved.error();
+  auto shared = std::make_shared<const memory::segment_descriptor>(std::move(resolved->first));
   segment_id id = 0;
   {
     std::unique_lock<std::shared_mutex> guard(segments_mutex_);
@@ -174,9 +279,10 @@ caf::expected<segment_id> transfer_engine::open_segment(const std::string& name)
     }
     if (!found) {
       id = static_cast<segment_id>(segments_.size());
-      segments_.push_back(segment_entry{name, nullptr, nullptr});
+      segments_.push_back(segment_entry{name, nullptr, nullptr, {}});
     }
     segments_[id].descriptor = shared;
+    segments_[id].face = resolved->second;
     segments_[id].local = runtime_->directory()->find(name);
     // Sent under the lock so connects for one segment reach the coordinator in order.
     caf::anon_send(coordinator_, connect_atom::value, id, *shared);
@@ -299,6 +405,23 @@ caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
       sub.tasks.push_back(spec);
     }
   }
+  if (options.notify) {
+    if (options.notify->size() > max_notification_bytes)
+      return make_error(errc::invalid_argument, "submit with notify: message of "
+                                                  + std::to_string(options.notify->size())
+                                                  + " bytes exceeds the 64 KiB limit");
+    std::shared_lock<std::shared_mutex> guard(segments_mutex_);
+    auto target = requests.front().target_id;
+    for (const auto& rq : requests)
+      if (rq.target_id != target)
+        return make_error(errc::invalid_argument,
+                          "submit with notify: every request must name the same segment");
+    if (!segments_[target].face)
+      return make_error(errc::unknown_segment, "submit with notify: segment '"
+                                                 + segments_[target].name
+                                                 + "' accepts no notifications");
+    sub.notify = notify_spec{segments_[target].face, name_, *options.notify};
+  }
   std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
   if (stopped_)
     return stopped_error();
@@ -344,6 +467,36 @@ caf::expected<batch_summary> transfer_engine::wait(batch_id batch,
                                        + std::to_string(timeout.count()) + " ms");
   }
   return board->summary();
+}
+
+caf::error transfer_engine::notify(segment_id target, std::string message) {
+  if (message.size() > max_notification_bytes)
+    return make_error(errc::invalid_argument, "notify: message of " + std::to_string(message.size())
+                                                + " bytes exceeds the 64 KiB limit");
+  segment_public_actor face;
+  {
+    std::shared_lock<std::shared_mutex> guard(segments_mutex_);
+    if (target >= segments_.size())
+      return make_error(errc::unknown_segment,
+                        "notify: segment id " + std::to_string(target) + " is not open");
+    face = segments_[target].face;
+  }
+  if (!face)
+    return make_error(errc::unknown_segment, "notify: the segment accepts no notifications");
+  caf::anon_send(face, notify_atom::value, name_, std::move(message));
+  return {};
+}
+
+caf::expected<std::vector<notification>> transfer_engine::get_notifies() {
+  std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  return ask<std::vector<notification>>(runtime_->system(), owner_, call_timeout,
+                                        drain_atom::value);
+}
+
+transport::tcp_server_counters transfer_engine::server_counters() const {
+  return server_ ? server_->counters() : transport::tcp_server_counters{};
 }
 
 caf::expected<coordinator_stats> transfer_engine::stats() const {

@@ -33,6 +33,7 @@
 #include "config/settings.hpp"
 #include "memory/region_registry.hpp"
 #include "transport/data_path.hpp"
+#include "transport/tcp_server.hpp"
 
 namespace kvferry {
 
@@ -53,6 +54,10 @@ struct transfer_request {
 struct submit_options {
   /// Per-task deadline; zero means the configured task_deadline.
   std::chrono::milliseconds deadline{0};
+  /// "Submit with notify": sent to the target segment (of the first request) once every task of
+  /// this submission is COMPLETED; never sent when any of them ends otherwise. All requests of the
+  /// submission must then name the same segment.
+  std::optional<std::string> notify;
 };
 
 struct engine_options {
@@ -113,9 +118,20 @@ public:
   /// Waits until every submitted task of the batch is terminal; errc::timeout after `timeout`.
   [[nodiscard]] caf::expected<batch_summary> wait(batch_id batch, std::chrono::milliseconds timeout);
 
+  // -- notifications --------------------------------------------------------------------------
+
+  /// Sends a short message (at most 64 KiB) to the engine that owns segment `target`.
+  [[nodiscard]] caf::error notify(segment_id target, std::string message);
+  /// Takes the notifications this engine received so far, oldest first.
+  [[nodiscard]] caf::expected<std::vector<notification>> get_notifies();
+
   // -- introspection --------------------------------------------------------------------------
 
   [[nodiscard]] caf::expected<coordinator_stats> stats() const;
+  /// Counters of this node's TCP data-plane server (zero without one).
+  [[nodiscard]] transport::tcp_server_counters server_counters() const;
+  /// This engine's control (rpc) port; 0 when the runtime is not networked.
+  [[nodiscard]] uint16_t rpc_port() const noexcept { return rpc_port_; }
 
   /// Stops the engine: unresolved tasks end CANCELED, workers stop. Idempotent.
   void shutdown();
@@ -126,12 +142,15 @@ private:
     std::shared_ptr<const memory::segment_descriptor> descriptor;
     /// Set for segments hosted in this process: their live registry.
     std::shared_ptr<memory::region_registry> local;
+    /// Where notifications for the segment go.
+    segment_public_actor face;
   };
 
   transfer_engine(std::shared_ptr<runtime> rt, config::settings settings, engine_options options);
   [[nodiscard]] caf::error start();
   [[nodiscard]] std::shared_ptr<batch_board> find_batch(batch_id batch) const;
-  [[nodiscard]] caf::expected<memory::segment_descriptor> resolve_segment(const std::string& name);
+  [[nodiscard]] caf::expected<std::pair<memory::segment_descriptor, segment_public_actor>>
+  resolve_segment(const std::string& name);
 
   std::shared_ptr<runtime> runtime_;
   config::settings settings_;
@@ -139,6 +158,11 @@ private:
   std::string name_;
   std::shared_ptr<memory::region_registry> registry_;
   segment_owner_actor owner_;
+  segment_public_actor face_;
+  uint16_t rpc_port_ = 0;
+  uint64_t incarnation_ = 0;
+  std::shared_ptr<zmq::context_t> zmq_context_;
+  std::unique_ptr<transport::tcp_server> server_;
   coordinator_actor coordinator_;
   std::vector<worker_actor> workers_;
 

@@ -25,7 +25,10 @@ set_target_properties(caf::io PROPERTIES
 # kvferry calls only the CUDA runtime API from C++, so no CUDA language support is needed.
 set(KVFERRY_HAVE_CUDA OFF)
 if(KVFERRY_ENABLE_CUDA)
-  find_package(CUDAToolkit QUIET HINTS /usr/local/cuda)
+  if(NOT DEFINED CUDAToolkit_ROOT AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CUDAToolkit_ROOT /usr/local/cuda)
+  endif()
+  find_package(CUDAToolkit QUIET)
   if(CUDAToolkit_FOUND AND TARGET CUDA::cudart)
     set(KVFERRY_HAVE_CUDA ON)
   endif()

@@ -1,4 +1,4 @@
-// The kvferry command: `kvferry demo`, `kvferry --help`.
+// The kvferry command: `kvferry demo`, `kvferry node`, `kvferry bench`, `kvferry --help`.
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -9,6 +9,7 @@
 #include "config/log.hpp"
 #include "config/settings.hpp"
 #include "tools/commands.hpp"
+#include "tools/signals.hpp"
 
 namespace {
 
@@ -37,21 +38,73 @@ int main(int argc, char** argv) {
                  "embedded defaults)");
 
   kvferry::tools::demo_options demo;
-  auto* demo_cmd = app.add_subcommand("demo", "move a synthetic KV cache between two segments and verify every byte");
+  demo.self_path = argv[0];
+  auto* demo_cmd = app.add_subcommand(
+    "demo", "prefill and decode as two processes over TCP on loopback: move a synthetic KV cache "
+            "and verify every byte");
   demo_cmd->add_option("--layers", demo.layers, "model layers")->check(CLI::Range(1u, 1024u));
   demo_cmd->add_option("--blocks", demo.blocks, "KV blocks per layer")->check(CLI::Range(1u, 65536u));
   demo_cmd->add_option("--block-bytes", demo.block_bytes, "bytes of one layer of one block")
     ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 30));
+  demo_cmd->add_flag("--in-process", demo.in_process,
+                     "run both sides in this process (same-process memcpy path)");
+
+  kvferry::tools::node_options node;
+  auto* node_cmd = app.add_subcommand(
+    "node", "run a long-lived node serving its segment until SIGTERM or SIGINT");
+  node_cmd->add_option("--segment-bytes", node.segment_bytes,
+                       "bytes to register (default: global_segment_size)");
+  node_cmd->add_option("--fill-seed", node.fill_seed, "fill the segment with a test pattern");
+
+  kvferry::tools::bench_options bench;
+  auto* bench_cmd = app.add_subcommand(
+    "bench", "throughput benchmark, flag-compatible with Mooncake's transfer_engine_bench");
+  bench_cmd->add_option("--mode", bench.mode, "initiator or target")
+    ->check(CLI::IsMember({"initiator", "target"}));
+  bench_cmd->add_option("--metadata_server", bench.metadata_server,
+                        "P2PHANDSHAKE (default from the configuration)");
+  bench_cmd->add_option("--local_server_name", bench.local_server_name,
+                        "host[:port]: this node's address and fixed rpc port");
+  bench_cmd->add_option("--segment_id", bench.segment_id, "the target's segment name (host:port)");
+  bench_cmd->add_option("--protocol", bench.protocol, "tcp or rdma");
+  bench_cmd->add_option("--device_name", bench.device_name, "RDMA NICs (rdma only)");
+  bench_cmd->add_option("--operation", bench.operation, "read or write")
+    ->check(CLI::IsMember({"read", "write"}));
+  bench_cmd->add_option("--buffer_size", bench.buffer_size, "bytes of each side's buffer")
+    ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
+  bench_cmd->add_option("--batch_size", bench.batch_size, "tasks per batch")
+    ->check(CLI::Range(1u, 1u << 20));
+  bench_cmd->add_option("--block_size", bench.block_size, "bytes per task")
+    ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32));
+  bench_cmd->add_option("--duration", bench.duration, "seconds")->check(CLI::Range(0.001, 1e6));
+  bench_cmd->add_option("--threads", bench.threads, "submitting threads")
+    ->check(CLI::Range(1u, 1024u));
+  bench_cmd->add_option("--report_unit", bench.report_unit, "GB GiB Gb MB MiB Mb KB KiB Kb");
+  bench_cmd->add_option("--report_precision", bench.report_precision, "digits after the point")
+    ->check(CLI::Range(0u, 12u));
+  bench_cmd->add_flag("--verify", bench.verify, "check every byte with a deterministic pattern");
+  bench_cmd->add_option("--timeout_ms", bench.timeout_ms, "per-task deadline (default: configuration)");
+  bench_cmd->add_flag("--json", bench.json, "also print a machine-readable summary line");
+  bench_cmd->add_option("--target_offset", bench.target_offset,
+                        "added to every remote offset (never clamped), to probe a segment's edges");
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  // Long-running commands stop on SIGINT/SIGTERM; block them before any thread starts so the
+  // main thread alone receives them.
+  if (*node_cmd || (*bench_cmd && bench.mode == "target"))
+    kvferry::tools::block_stop_signals();
   auto settings = load_settings(config_path);
   if (!settings)
     return 2;
   if (*demo_cmd)
     return kvferry::tools::run_demo(*settings, demo);
+  if (*node_cmd)
+    return kvferry::tools::run_node(*settings, node);
+  if (*bench_cmd)
+    return kvferry::tools::run_bench(*settings, bench);
   return 2;
 }

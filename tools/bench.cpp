@@ -1,0 +1,312 @@
+// `kvferry bench`: flag-compatible with Mooncake's transfer_engine_bench, plus --verify,
+// --timeout_ms, --json and --target_offset.
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "actors/transfer_engine.hpp"
+#include "config/log.hpp"
+#include "tools/commands.hpp"
+#include "tools/pattern.hpp"
+#include "tools/signals.hpp"
+
+namespace kvferry::tools {
+
+namespace {
+
+struct unit_info {
+  const char* name;
+  double bytes_per_unit;
+};
+
+/// Mooncake's report units: decimal bytes, binary bytes, or bits.
+std::optional<unit_info> parse_unit(const std::string& unit) {
+  static const unit_info units[] = {{"GB", 1e9},       {"GiB", 1073741824.0}, {"Gb", 1e9 / 8},
+                                    {"MB", 1e6},       {"MiB", 1048576.0},    {"Mb", 1e6 / 8},
+                                    {"KB", 1e3},       {"KiB", 1024.0},       {"Kb", 1e3 / 8}};
+  for (const auto& u : units)
+    if (unit == u.name)
+      return u;
+  return std::nullopt;
+}
+
+/// Seed of the pattern a WRITE run puts into the target (checked by reading it back).
+constexpr uint64_t write_seed = 0x7772697465000001ULL;
+
+struct tally {
+  std::atomic<uint64_t> batches{0}, bytes{0}, completed{0}, failed{0}, timeout{0}, canceled{0},
+    verify_errors{0}, submit_errors{0};
+  std::mutex reason_mutex;
+  std::string first_reason;
+
+  void note(const std::string& reason) {
+    std::lock_guard<std::mutex> guard(reason_mutex);
+    if (first_reason.empty())
+      first_reason = reason;
+  }
+};
+
+int bench_usage_error(const std::string& what) {
+  std::fprintf(stderr, "kvferry bench: %s\n", what.c_str());
+  return 2;
+}
+
+int run_target(const config::settings& settings, const bench_options& options) {
+  auto rt = runtime::create({.network = true});
+  if (!rt)
+    return bench_usage_error(describe(rt.error()));
+  auto engine = transfer_engine::create(*rt, settings);
+  if (!engine) {
+    std::fprintf(stderr, "kvferry bench: %s\n", describe(engine.error()).c_str());
+    return 1;
+  }
+  mapped_buffer buffer(options.buffer_size);
+  if (buffer.data == nullptr)
+    return bench_usage_error("cannot map --buffer_size=" + std::to_string(options.buffer_size));
+  fill_pattern(buffer.data, options.buffer_size, bench_target_seed);
+  if (auto err = (*engine)->register_memory(buffer.data, options.buffer_size, "cpu:0")) {
+    std::fprintf(stderr, "kvferry bench: %s\n", describe(err).c_str());
+    return 1;
+  }
+  std::printf("Target ready: segment %s serving %" PRIu64 " bytes; run the initiator with "
+              "--segment_id=%s\n",
+              (*engine)->segment_name().c_str(), options.buffer_size,
+              (*engine)->segment_name().c_str());
+  std::fflush(stdout);
+  wait_for_stop_signal();
+  auto c = (*engine)->server_counters();
+  (*engine)->shutdown();
+  std::printf("Target stopped: %" PRIu64 " requests (%" PRIu64 " reads, %" PRIu64
+              " writes), %" PRIu64 " refused, %" PRIu64 " malformed frames\n",
+              c.requests, c.reads, c.writes, c.refused, c.malformed);
+  return 0;
+}
+
+void initiator_thread(transfer_engine& engine, const bench_options& o, uint32_t tid,
+                      uint8_t* local, uint64_t local_len, segment_id seg, uint64_t remote_base,
+                      uint64_t remote_len, std::chrono::steady_clock::time_point end, tally& t) {
+  const bool write = o.operation == "write";
+  submit_options so;
+  so.deadline = std::chrono::milliseconds(o.timeout_ms);
+  const auto wait_budget = std::chrono::milliseconds(o.timeout_ms ? o.timeout_ms + 5000 : 120000);
+  std::vector<transfer_request> requests(o.batch_size);
+  std::vector<uint64_t> remote_offsets(o.batch_size);
+  const uint64_t local_slots = local_len / o.block_size;
+  const uint64_t remote_slots = remote_len / o.block_size;
+  while (std::chrono::steady_clock::now() < end) {
+    for (uint32_t i = 0; i < o.batch_size; ++i) {
+      uint64_t block = uint64_t{i} * o.threads + tid;
+      auto* src = local + (block % local_slots) * o.block_size;
+      uint64_t roff = (block % remote_slots) * o.block_size + static_cast<uint64_t>(o.target_offset);
+      remote_offsets[i] = roff;
+      if (write && o.verify)
+        fill_pattern(src, o.block_size, write_seed, roff);
+      requests[i] = transfer_request{write ? opcode::write : opcode::read, src, seg,
+                                     remote_base + roff, o.block_size};
+    }
+    auto batch = engine.allocate_batch(o.batch_size);
+    if (!batch) {
+      t.note(describe(batch.error()));
+      ++t.submit_errors;
+      return;
+    }
+    auto first = engine.submit(*batch, requests, so);
+    if (!first) {
+      t.note(describe(first.error()));
+      t.failed += o.batch_size;
+      ++t.submit_errors;
+      (void) engine.free_batch(*batch);
+      continue;
+    }
+    auto summary = engine.wait(*batch, wait_budget);
+    if (!summary) {
+      t.note(describe(summary.error()));
+    }
+    for (uint32_t i = 0; i < o.batch_size; ++i) {
+      auto st = engine.status(*batch, *first + i);
+      if (!st)
+        continue;
+      switch (st->state) {
+        case task_state::completed: ++t.completed; break;
+        case task_state::failed: ++t.failed; t.note(st->reason.empty() ? to_string(st->code) : std::string(to_string(st->code)) + ": " + st->reason); break;
+        case task_state::timeout: ++t.timeout; t.note("TIMEOUT: " + st->reason); break;
+        case task_state::canceled: ++t.canceled; break;
+        default: break;
+      }
+      if (st->state == task_state::completed) {
+        t.bytes += o.block_size;
+        if (o.verify && !write) {
+          auto* got = static_cast<uint8_t*>(requests[i].source);
+          if (check_pattern(got, o.block_size, bench_target_seed, remote_offsets[i]) != o.block_size) {
+            ++t.verify_errors;
+            t.note("verify: READ block at remote offset " + std::to_string(remote_offsets[i])
+                   + " does not match the target's pattern");
+          }
+        }
+      }
+    }
+    (void) engine.free_batch(*batch);
+    ++t.batches;
+    if (write && o.verify) {
+      // Read the blocks back into this thread's blocks and compare with what was written.
+      for (auto& rq : requests)
+        rq.op = opcode::read;
+      for (uint32_t i = 0; i < o.batch_size; ++i)
+        std::memset(requests[i].source, 0, o.block_size);
+      auto check = engine.allocate_batch(o.batch_size);
+      if (!check)
+        continue;
+      if (engine.submit(*check, requests, so)) {
+        (void) engine.wait(*check, wait_budget);
+        for (uint32_t i = 0; i < o.batch_size; ++i) {
+          auto st = engine.status(*check, i);
+          if (st && st->state == task_state::completed
+              && check_pattern(requests[i].source, o.block_size, write_seed, remote_offsets[i])
+                   != o.block_size) {
+            ++t.verify_errors;
+            t.note("verify: block written at remote offset " + std::to_string(remote_offsets[i])
+                   + " reads back different bytes");
+          }
+        }
+      }
+      (void) engine.free_batch(*check);
+    }
+  }
+}
+
+int run_initiator(const config::settings& settings, const bench_options& o) {
+  if (o.segment_id.empty())
+    return bench_usage_error("--segment_id is required in initiator mode (the name the target printed)");
+  auto unit = parse_unit(o.report_unit);
+  if (!unit)
+    return bench_usage_error("--report_unit=" + o.report_unit
+                             + " is not one of GB, GiB, Gb, MB, MiB, Mb, KB, KiB, Kb");
+  if (o.block_size == 0 || o.block_size > o.buffer_size)
+    return bench_usage_error("--block_size must be between 1 and --buffer_size");
+  auto rt = runtime::create({.network = true});
+  if (!rt)
+    return bench_usage_error(describe(rt.error()));
+  engine_options eo;
+  eo.check_remote_bounds = false; // the target's own check is what --target_offset probes
+  auto engine = transfer_engine::create(*rt, settings, eo);
+  if (!engine) {
+    std::fprintf(stderr, "kvferry bench: %s\n", describe(engine.error()).c_str());
+    return 1;
+  }
+  auto seg = (*engine)->open_segment(o.segment_id);
+  if (!seg) {
+    std::fprintf(stderr, "kvferry bench: %s\n", describe(seg.error()).c_str());
+    return 1;
+  }
+  auto desc = (*engine)->segment_descriptor(*seg);
+  if (!desc || desc->regions.empty()) {
+    std::fprintf(stderr, "kvferry bench: segment '%s' has no registered memory\n",
+                 o.segment_id.c_str());
+    return 1;
+  }
+  const auto& remote = desc->regions.front();
+  if (remote.length < o.block_size) {
+    std::fprintf(stderr, "kvferry bench: the target's buffer (%" PRIu64
+                         " bytes) is smaller than --block_size\n", remote.length);
+    return 1;
+  }
+  mapped_buffer local(o.buffer_size);
+  if (local.data == nullptr)
+    return bench_usage_error("cannot map --buffer_size=" + std::to_string(o.buffer_size));
+  std::memset(local.data, 0, o.buffer_size);
+  if (auto err = (*engine)->register_memory(local.data, o.buffer_size, "cpu:0")) {
+    std::fprintf(stderr, "kvferry bench: %s\n", describe(err).c_str());
+    return 1;
+  }
+  tally t;
+  auto start = std::chrono::steady_clock::now();
+  auto end = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                       std::chrono::duration<double>(o.duration));
+  std::vector<std::thread> threads;
+  uint64_t per_thread = o.buffer_size / o.threads / o.block_size * o.block_size;
+  if (per_thread < o.block_size)
+    per_thread = o.block_size;
+  for (uint32_t tid = 0; tid < o.threads; ++tid) {
+    // Each thread owns a slice of the local buffer (so verification never races).
+    auto* base = local.data + (tid * per_thread) % (o.buffer_size - o.block_size + 1);
+    threads.emplace_back([&, tid, base] {
+      initiator_thread(**engine, o, tid, base, per_thread, *seg, remote.base, remote.length, end, t);
+    });
+  }
+  for (auto& th : threads)
+    th.join();
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double throughput = t.bytes.load() / secs / unit->bytes_per_unit;
+  std::printf("Test completed: duration %.*f, batch count %" PRIu64 ", throughput %.*f %s/s\n",
+              static_cast<int>(o.report_precision), secs, t.batches.load(),
+              static_cast<int>(o.report_precision), throughput, unit->name);
+  uint64_t not_completed = t.failed + t.timeout + t.canceled;
+  std::printf("Task states: COMPLETED %" PRIu64 ", FAILED %" PRIu64 ", TIMEOUT %" PRIu64
+              ", CANCELED %" PRIu64 "%s\n",
+              t.completed.load(), t.failed.load(), t.timeout.load(), t.canceled.load(),
+              o.verify ? (", verify errors " + std::to_string(t.verify_errors.load())).c_str() : "");
+  if (!t.first_reason.empty())
+    std::printf("First problem: %s\n", t.first_reason.c_str());
+  auto stats = (*engine)->stats();
+  if (o.json) {
+    std::printf("{\"mode\":\"initiator\",\"operation\":\"%s\",\"block_size\":%" PRIu64
+                ",\"batch_size\":%u,\"threads\":%u,\"duration_s\":%.6f,\"batch_count\":%" PRIu64
+                ",\"bytes\":%" PRIu64 ",\"throughput_bytes_per_s\":%.1f,\"completed\":%" PRIu64
+                ",\"failed\":%" PRIu64 ",\"timeout\":%" PRIu64 ",\"canceled\":%" PRIu64
+                ",\"verify_errors\":%" PRIu64 ",\"late_reports\":%" PRIu64 "}\n",
+                o.operation.c_str(), o.block_size, o.batch_size, o.threads, secs,
+                t.batches.load(), t.bytes.load(), t.bytes.load() / secs, t.completed.load(),
+                t.failed.load(), t.timeout.load(), t.canceled.load(), t.verify_errors.load(),
+                stats ? stats->late_reports : 0);
+  }
+  std::fflush(stdout);
+  (*engine)->shutdown();
+  return (not_completed > 0 || t.verify_errors > 0 || t.completed == 0) ? 1 : 0;
+}
+
+} // namespace
+
+int run_bench(config::settings settings, const bench_options& o) {
+  // Flags override the configuration, as transfer_engine_bench's flags do.
+  if (!o.metadata_server.empty()) {
+    auto m = config::parse_metadata_server(o.metadata_server, "--metadata_server");
+    if (!m)
+      return bench_usage_error(context_of(m.error()));
+    settings.metadata = *m;
+  }
+  if (o.protocol == "tcp")
+    settings.transport = config::protocol::tcp;
+  else if (o.protocol == "rdma")
+    settings.transport = config::protocol::rdma;
+  else
+    return bench_usage_error("--protocol=" + o.protocol + " is not tcp or rdma");
+  if (!o.local_server_name.empty()) {
+    auto colon = o.local_server_name.rfind(':');
+    if (colon != std::string::npos) {
+      unsigned port = 0;
+      if (std::sscanf(o.local_server_name.c_str() + colon + 1, "%u", &port) != 1 || port > 65535)
+        return bench_usage_error("--local_server_name=" + o.local_server_name
+                                 + " is not host or host:port");
+      settings.local_hostname = o.local_server_name.substr(0, colon);
+      settings.rpc_port = static_cast<uint16_t>(port);
+    } else {
+      settings.local_hostname = o.local_server_name;
+    }
+  }
+  if (o.operation != "read" && o.operation != "write")
+    return bench_usage_error("--operation=" + o.operation + " is not read or write");
+  if (o.batch_size == 0 || o.threads == 0 || o.duration <= 0)
+    return bench_usage_error("--batch_size, --threads and --duration must be positive");
+  if (o.mode == "target")
+    return run_target(settings, o);
+  if (o.mode == "initiator")
+    return run_initiator(settings, o);
+  return bench_usage_error("--mode=" + o.mode + " is not initiator or target");
+}
+
+} // namespace kvferry::tools

@@ -1,0 +1,61 @@
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include <sys/mman.h>
+
+#include "actors/transfer_engine.hpp"
+#include "config/log.hpp"
+#include "tools/commands.hpp"
+#include "tools/pattern.hpp"
+#include "tools/signals.hpp"
+
+namespace kvferry::tools {
+
+mapped_buffer::mapped_buffer(size_t n) : size(n) {
+  void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  data = p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
+}
+
+mapped_buffer::~mapped_buffer() {
+  if (data != nullptr)
+    ::munmap(data, size);
+}
+
+int run_node(const config::settings& settings, const node_options& options) {
+  auto rt = runtime::create({.network = true});
+  if (!rt) {
+    std::fprintf(stderr, "kvferry node: %s\n", describe(rt.error()).c_str());
+    return 1;
+  }
+  auto engine = transfer_engine::create(*rt, settings);
+  if (!engine) {
+    std::fprintf(stderr, "kvferry node: %s\n", describe(engine.error()).c_str());
+    return 1;
+  }
+  uint64_t bytes = options.segment_bytes ? options.segment_bytes : settings.global_segment_size;
+  mapped_buffer buffer(bytes);
+  if (buffer.data == nullptr) {
+    std::fprintf(stderr, "kvferry node: cannot map %llu bytes for the segment\n",
+                 static_cast<unsigned long long>(bytes));
+    return 1;
+  }
+  if (options.fill_seed != 0)
+    fill_pattern(buffer.data, bytes, options.fill_seed);
+  if (auto err = (*engine)->register_memory(buffer.data, bytes, "cpu:0")) {
+    std::fprintf(stderr, "kvferry node: %s\n", describe(err).c_str());
+    return 1;
+  }
+  std::printf("kvferry node: serving segment %s (%llu bytes at %p)\n",
+              (*engine)->segment_name().c_str(), static_cast<unsigned long long>(bytes),
+              static_cast<void*>(buffer.data));
+  std::printf("segment name: %s\n", (*engine)->segment_name().c_str());
+  std::fflush(stdout);
+  int sig = wait_for_stop_signal();
+  log::info("node '{}': stopping on signal {}", (*engine)->segment_name(), sig);
+  (*engine)->shutdown();
+  std::printf("kvferry node: stopped\n");
+  return 0;
+}
+
+} // namespace kvferry::tools
