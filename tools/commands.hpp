@@ -27,8 +27,11 @@ struct demo_options {
   uint64_t block_bytes = 64 << 10;
   /// Run both sides in this process (same-process path) instead of two processes over TCP.
   bool in_process = false;
-  /// Path of this executable, to start the decode process.
-  std::string self_path;
+  /// Internal: run only the decode side, pulling from this prefill segment (the demo's decode
+  /// process is started this way).
+  std::string decode_from;
+  /// The --config path the demo was given, passed on to the processes it starts.
+  std::string config_path;
 };
 
 /// Builds a synthetic KV cache in a prefill segment, moves it to a decode segment, verifies every

@@ -38,7 +38,6 @@ int main(int argc, char** argv) {
                  "embedded defaults)");
 
   kvferry::tools::demo_options demo;
-  demo.self_path = argv[0];
   auto* demo_cmd = app.add_subcommand(
     "demo", "prefill and decode as two processes over TCP on loopback: move a synthetic KV cache "
             "and verify every byte");
@@ -48,6 +47,8 @@ int main(int argc, char** argv) {
     ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 30));
   demo_cmd->add_flag("--in-process", demo.in_process,
                      "run both sides in this process (same-process memcpy path)");
+  demo_cmd->add_option("--decode-from", demo.decode_from,
+                       "internal: run only the decode side against this prefill segment");
 
   kvferry::tools::node_options node;
   auto* node_cmd = app.add_subcommand(
@@ -100,8 +101,10 @@ int main(int argc, char** argv) {
   auto settings = load_settings(config_path);
   if (!settings)
     return 2;
-  if (*demo_cmd)
+  if (*demo_cmd) {
+    demo.config_path = config_path;
     return kvferry::tools::run_demo(*settings, demo);
+  }
   if (*node_cmd)
     return kvferry::tools::run_node(*settings, node);
   if (*bench_cmd)
