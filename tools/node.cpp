@@ -2,7 +2,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <sys/mman.h>
 
 #include "actors/transfer_engine.hpp"
 #include "config/log.hpp"
@@ -11,16 +10,6 @@
 #include "tools/signals.hpp"
 
 namespace kvferry::tools {
-
-mapped_buffer::mapped_buffer(size_t n) : size(n) {
-  void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  data = p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
-}
-
-mapped_buffer::~mapped_buffer() {
-  if (data != nullptr)
-    ::munmap(data, size);
-}
 
 int run_node(const config::settings& settings, const node_options& options) {
   auto rt = runtime::create({.network = true});
@@ -53,7 +42,13 @@ int run_node(const config::settings& settings, const node_options& options) {
   std::fflush(stdout);
   int sig = wait_for_stop_signal();
   log::info("node '{}': stopping on signal {}", (*engine)->segment_name(), sig);
+  auto c = (*engine)->server_counters();
   (*engine)->shutdown();
+  std::printf("kvferry node: served %llu requests (%llu reads, %llu writes), %llu refused, "
+              "%llu malformed frames\n",
+              static_cast<unsigned long long>(c.requests), static_cast<unsigned long long>(c.reads),
+              static_cast<unsigned long long>(c.writes), static_cast<unsigned long long>(c.refused),
+              static_cast<unsigned long long>(c.malformed));
   std::printf("kvferry node: stopped\n");
   return 0;
 }
