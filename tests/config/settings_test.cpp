@@ -1,0 +1,570 @@
+#define BOOST_TEST_MODULE settings_test
+#include <boost/test/unit_test.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "config/error.hpp"
+#include "config/settings.hpp"
+
+using namespace kvferry;
+using config::settings;
+
+namespace {
+
+constexpr std::string_view mooncake_example
+  = R"({"local_hostname":"192.168.0.137","metadata_server":"etcd://192.168.0.137:2379",)"
+    R"("protocol":"rdma","device_name":"erdma_0","master_server_address":"192.168.0.137:50001"})";
+
+/// A minimal valid document with `extra` (a JSON member list, may be empty) appended.
+std::string doc(std::string_view extra = {}) {
+  std::string out = R"({"local_hostname":"10.0.0.1","metadata_server":"P2PHANDSHAKE")";
+  if (!extra.empty()) {
+    out += ",";
+    out += extra;
+  }
+  out += "}";
+  return out;
+}
+
+/// The error of `r` as text, or "ok" (Boost.Test evaluates a message even when the check passes).
+template <class T>
+std::string why(const caf::expected<T>& r) {
+  return r ? std::string("ok") : describe(r.error());
+}
+
+bool contains(const std::string& haystack, std::string_view needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+/// Checks that `r` failed with invalid_config and that its message names every one of `parts`.
+template <class T>
+void expect_config_error(const caf::expected<T>& r, std::initializer_list<std::string_view> parts) {
+  BOOST_REQUIRE_MESSAGE(!r, "expected an error, got a value");
+  BOOST_CHECK_MESSAGE(code_of(r.error()) == errc::invalid_config,
+                      "code is " << to_string(code_of(r.error())) << ": " << why(r));
+  auto text = context_of(r.error());
+  for (auto part : parts)
+    BOOST_CHECK_MESSAGE(contains(text, part), "message '" << text << "' lacks '" << part << "'");
+}
+
+caf::expected<uint64_t> size_of(std::string_view text) {
+  return config::parse_size(text, "test.size");
+}
+
+/// A temporary directory removed at the end of the test.
+struct temp_dir {
+  std::filesystem::path path;
+  temp_dir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "kvferry-settings-XXXXXX").string();
+    BOOST_REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string write(const std::string& name, std::string_view text) const {
+    auto p = path / name;
+    std::ofstream out(p, std::ios::binary);
+    out << text;
+    return p.string();
+  }
+};
+
+/// Sets or unsets an environment variable for the scope, restoring the old value after.
+struct env_guard {
+  std::string name;
+  std::optional<std::string> old;
+  env_guard(std::string n, const char* value) : name(std::move(n)) {
+    if (const char* v = std::getenv(name.c_str()))
+      old = v;
+    if (value)
+      ::setenv(name.c_str(), value, 1);
+    else
+      ::unsetenv(name.c_str());
+  }
+  ~env_guard() {
+    if (old)
+      ::setenv(name.c_str(), old->c_str(), 1);
+    else
+      ::unsetenv(name.c_str());
+  }
+};
+
+} // namespace
+
+// -- valid documents ----------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(mooncake_example_parses) {
+  auto r = config::parse(mooncake_example, "mooncake.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  BOOST_CHECK_EQUAL(r->source, "mooncake.json");
+  BOOST_CHECK_EQUAL(r->local_hostname, "192.168.0.137");
+  BOOST_CHECK(r->metadata.kind == config::metadata_kind::etcd);
+  BOOST_REQUIRE_EQUAL(r->metadata.endpoints.size(), 1u);
+  BOOST_CHECK_EQUAL(r->metadata.endpoints[0], "192.168.0.137:2379");
+  BOOST_CHECK_EQUAL(r->metadata.text, "etcd://192.168.0.137:2379");
+  BOOST_CHECK(r->transport == config::protocol::rdma);
+  BOOST_REQUIRE_EQUAL(r->device_names.size(), 1u);
+  BOOST_CHECK_EQUAL(r->device_names[0], "erdma_0");
+  BOOST_CHECK_EQUAL(r->master_server_address, "192.168.0.137:50001");
+  BOOST_CHECK_EQUAL(r->rpc_port, 0);
+  BOOST_CHECK(r->warnings.empty());
+  // Fields the example does not set keep Mooncake's defaults.
+  BOOST_CHECK_EQUAL(r->global_segment_size, 3355443200ULL);
+  BOOST_CHECK_EQUAL(r->local_buffer_size, 1ULL << 30);
+  BOOST_CHECK_EQUAL(r->slice_size, 64ULL << 10);
+}
+
+BOOST_AUTO_TEST_CASE(embedded_defaults) {
+  settings s;
+  BOOST_CHECK_EQUAL(s.source, "<embedded defaults>");
+  BOOST_CHECK_EQUAL(s.local_hostname, "127.0.0.1");
+  BOOST_CHECK(s.metadata.kind == config::metadata_kind::p2p_handshake);
+  BOOST_CHECK_EQUAL(s.metadata.text, "P2PHANDSHAKE");
+  BOOST_CHECK(s.transport == config::protocol::tcp);
+  BOOST_CHECK(s.device_names.empty());
+  BOOST_CHECK_EQUAL(s.global_segment_size, 3355443200ULL);
+  BOOST_CHECK_EQUAL(s.local_buffer_size, 1ULL << 30);
+  BOOST_CHECK_EQUAL(s.slice_size, 65536u);
+  BOOST_CHECK_EQUAL(s.worker_count, 2u);
+  BOOST_CHECK_EQUAL(s.task_deadline.count(), 10000);
+  BOOST_CHECK_EQUAL(s.retry_limit, 3u);
+  BOOST_CHECK_EQUAL(s.rpc_port, 0);
+  BOOST_CHECK_EQUAL(s.data_port, 0);
+  BOOST_CHECK_EQUAL(s.log_level, "info");
+  BOOST_CHECK_EQUAL(config::to_string(config::protocol::tcp), std::string("tcp"));
+  BOOST_CHECK_EQUAL(config::to_string(config::protocol::rdma), std::string("rdma"));
+  BOOST_CHECK_EQUAL(config::to_string(config::metadata_kind::etcd), std::string("etcd"));
+}
+
+BOOST_AUTO_TEST_CASE(minimal_document_keeps_defaults) {
+  auto r = config::parse(doc(), "min.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  settings d;
+  BOOST_CHECK_EQUAL(r->local_hostname, "10.0.0.1");
+  BOOST_CHECK(r->metadata.kind == config::metadata_kind::p2p_handshake);
+  BOOST_CHECK(r->transport == config::protocol::tcp);
+  BOOST_CHECK_EQUAL(r->slice_size, d.slice_size);
+  BOOST_CHECK_EQUAL(r->worker_count, d.worker_count);
+  BOOST_CHECK_EQUAL(r->retry_limit, d.retry_limit);
+  BOOST_CHECK_EQUAL(r->task_deadline.count(), d.task_deadline.count());
+}
+
+BOOST_AUTO_TEST_CASE(kvferry_object) {
+  auto r = config::parse(
+    doc(R"("kvferry":{"slice_size":"4KiB","worker_count":4,"task_deadline_ms":250,)"
+        R"("retry_limit":0,"rpc_port":17000,"data_port":17001,"log_level":"debug"})"),
+    "kv.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  BOOST_CHECK_EQUAL(r->slice_size, 4096u);
+  BOOST_CHECK_EQUAL(r->worker_count, 4u);
+  BOOST_CHECK_EQUAL(r->task_deadline.count(), 250);
+  BOOST_CHECK_EQUAL(r->retry_limit, 0u);
+  BOOST_CHECK_EQUAL(r->rpc_port, 17000);
+  BOOST_CHECK_EQUAL(r->data_port, 17001);
+  BOOST_CHECK_EQUAL(r->log_level, "debug");
+  BOOST_CHECK(r->warnings.empty());
+
+  auto numeric = config::parse(doc(R"("kvferry":{"slice_size":65536,"worker_count":64})"), "kv.json");
+  BOOST_REQUIRE_MESSAGE(numeric, why(numeric));
+  BOOST_CHECK_EQUAL(numeric->slice_size, 65536u);
+  BOOST_CHECK_EQUAL(numeric->worker_count, 64u);
+  // The largest slice accepted is 64 MiB.
+  auto largest = config::parse(doc(R"("kvferry":{"slice_size":"64MiB"})"), "kv.json");
+  BOOST_REQUIRE_MESSAGE(largest, why(largest));
+  BOOST_CHECK_EQUAL(largest->slice_size, 64ULL << 20);
+}
+
+BOOST_AUTO_TEST_CASE(sizes_as_numbers_and_strings) {
+  auto r = config::parse(doc(R"("global_segment_size":"4GB","local_buffer_size":123456789)"), "s.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  BOOST_CHECK_EQUAL(r->global_segment_size, 4ULL << 30);
+  BOOST_CHECK_EQUAL(r->local_buffer_size, 123456789u);
+
+  auto d = config::parse(doc(R"("global_segment_size":1073741824.0,"local_buffer_size":" 2 GB ")"), "s.json");
+  BOOST_REQUIRE_MESSAGE(d, why(d));
+  BOOST_CHECK_EQUAL(d->global_segment_size, 1ULL << 30);
+  BOOST_CHECK_EQUAL(d->local_buffer_size, 2ULL << 30);
+}
+
+BOOST_AUTO_TEST_CASE(device_name_lists) {
+  auto r = config::parse(doc(R"("device_name":"mlx5_0, mlx5_1,,mlx5_2 ")"), "d.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  BOOST_REQUIRE_EQUAL(r->device_names.size(), 3u);
+  BOOST_CHECK_EQUAL(r->device_names[0], "mlx5_0");
+  BOOST_CHECK_EQUAL(r->device_names[1], "mlx5_1");
+  BOOST_CHECK_EQUAL(r->device_names[2], "mlx5_2");
+  for (auto all : {R"("device_name":"")", R"("device_name":"auto-discovery")"}) {
+    auto a = config::parse(doc(all), "d.json");
+    BOOST_REQUIRE_MESSAGE(a, why(a));
+    BOOST_CHECK(a->device_names.empty());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(hostname_with_port_sets_rpc_port) {
+  auto r = config::parse(R"({"local_hostname":"node7:15000","metadata_server":"P2PHANDSHAKE"})", "h.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  BOOST_CHECK_EQUAL(r->local_hostname, "node7");
+  BOOST_CHECK_EQUAL(r->rpc_port, 15000);
+
+  // An IPv6 address without a port is kept whole.
+  auto v6 = config::parse(R"({"local_hostname":"fe80::1","metadata_server":"P2PHANDSHAKE"})", "h.json");
+  BOOST_REQUIRE_MESSAGE(v6, why(v6));
+  BOOST_CHECK_EQUAL(v6->local_hostname, "fe80::1");
+  BOOST_CHECK_EQUAL(v6->rpc_port, 0);
+
+  // The port in local_hostname does not depend on where the "kvferry" object sits.
+  for (auto text : {R"({"kvferry":{"data_port":1},"local_hostname":"n:15001","metadata_server":"P2PHANDSHAKE"})",
+                    R"({"local_hostname":"n:15001","metadata_server":"P2PHANDSHAKE","kvferry":{"data_port":1}})"}) {
+    auto o = config::parse(text, "h.json");
+    BOOST_REQUIRE_MESSAGE(o, why(o));
+    BOOST_CHECK_EQUAL(o->rpc_port, 15001);
+    BOOST_CHECK_EQUAL(o->data_port, 1);
+  }
+
+  for (auto bad : {"node7:0", "node7:65536", "node7:", "node7:http"}) {
+    auto b = config::parse(std::string(R"({"local_hostname":")") + bad
+                             + R"(","metadata_server":"P2PHANDSHAKE"})",
+                           "h.json");
+    expect_config_error(b, {"h.json", "local_hostname", bad, "host:port"});
+  }
+}
+
+BOOST_AUTO_TEST_CASE(unknown_fields_become_warnings) {
+  auto r = config::parse(doc(R"("mystery":1,"kvferry":{"turbo":true})"), "w.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  BOOST_REQUIRE_EQUAL(r->warnings.size(), 2u);
+  BOOST_CHECK(contains(r->warnings[0] + r->warnings[1], "'mystery'"));
+  BOOST_CHECK(contains(r->warnings[0] + r->warnings[1], "'kvferry.turbo'"));
+  for (const auto& w : r->warnings)
+    BOOST_CHECK_MESSAGE(contains(w, "w.json"), w);
+}
+
+// -- parse_size ---------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(parse_size_accepts) {
+  struct { std::string_view text; uint64_t bytes; } cases[] = {
+    {"4GB", 4ULL << 30},
+    {"4gb", 4ULL << 30},
+    {"4G", 4ULL << 30},
+    {"1.5 GiB", 3ULL << 29},
+    {" 2 GB ", 2ULL << 30},
+    {"64KiB", 64ULL << 10},
+    {"64 KB", 64ULL << 10},
+    {"1k", 1024},
+    {"3M", 3ULL << 20},
+    {"512MiB", 512ULL << 20},
+    {"2TB", 2ULL << 40},
+    {"512", 512},
+    {"512B", 512},
+    {"0", 0},
+    {"1.0", 1},
+    {"0.5KiB", 512},
+    {"18446744073709551615", UINT64_MAX},
+    {"16777215TiB", 16777215ULL << 40},
+  };
+  for (const auto& c : cases) {
+    auto r = size_of(c.text);
+    BOOST_REQUIRE_MESSAGE(r, "'" << c.text << "': " << why(r));
+    BOOST_CHECK_MESSAGE(*r == c.bytes, "'" << c.text << "' gave " << *r << ", expected " << c.bytes);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(parse_size_rejects) {
+  struct { std::string_view text; std::string_view why; } cases[] = {
+    {"", "empty"},
+    {"   ", "empty"},
+    {"GB", "number"},
+    {"4 parsecs", "unit"},
+    {"-1", "number"},
+    {"1.2.3", "number"},
+    {".5GB", "number"},
+    {"5.GB", "number"},
+    {"99999999999TB", "too large"},
+    {"16777216TiB", "too large"},
+    {"18446744073709551616", "too large"},
+    {"1.5", "fraction of a byte"},
+    {"1.5B", "fraction of a byte"},
+    {"4GBB", "unit"},
+    {"4 G B", "unit"},
+  };
+  for (const auto& c : cases) {
+    auto r = size_of(c.text);
+    BOOST_REQUIRE_MESSAGE(!r, "'" << c.text << "' was accepted as " << (r ? *r : 0));
+    BOOST_CHECK(code_of(r.error()) == errc::invalid_config);
+    auto text = context_of(r.error());
+    BOOST_CHECK_MESSAGE(contains(text, "test.size"), text);
+    BOOST_CHECK_MESSAGE(contains(text, "'" + std::string(c.text) + "'"), text);
+    BOOST_CHECK_MESSAGE(contains(text, c.why), "'" << c.text << "': " << text);
+    BOOST_CHECK_MESSAGE(contains(text, "expected"), text);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(size_fields_reject_bad_values) {
+  expect_config_error(config::parse(doc(R"("global_segment_size":"4 parsecs")"), "s.json"),
+                      {"s.json", "global_segment_size", "4 parsecs", "expected"});
+  expect_config_error(config::parse(doc(R"("local_buffer_size":-1)"), "s.json"),
+                      {"s.json", "local_buffer_size", "-1", "expected"});
+  expect_config_error(config::parse(doc(R"("local_buffer_size":1.5)"), "s.json"),
+                      {"s.json", "local_buffer_size", "1.5", "expected"});
+  expect_config_error(config::parse(doc(R"("local_buffer_size":true)"), "s.json"),
+                      {"s.json", "local_buffer_size", "true", "boolean", "expected"});
+  expect_config_error(config::parse(doc(R"("global_segment_size":"99999999999TB")"), "s.json"),
+                      {"s.json", "global_segment_size", "99999999999TB", "too large"});
+}
+
+// -- parse_metadata_server ----------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(metadata_server_forms) {
+  auto p2p = config::parse_metadata_server("P2PHANDSHAKE", "m");
+  BOOST_REQUIRE(p2p);
+  BOOST_CHECK(p2p->kind == config::metadata_kind::p2p_handshake);
+  BOOST_CHECK(p2p->endpoints.empty());
+
+  auto http = config::parse_metadata_server("http://10.0.0.1:8080/metadata", "m");
+  BOOST_REQUIRE_MESSAGE(http, why(http));
+  BOOST_CHECK(http->kind == config::metadata_kind::http);
+  BOOST_REQUIRE_EQUAL(http->endpoints.size(), 1u);
+  BOOST_CHECK_EQUAL(http->endpoints[0], "http://10.0.0.1:8080/metadata");
+
+  auto etcd = config::parse_metadata_server("etcd://h1:2379,h2:2379", "m");
+  BOOST_REQUIRE_MESSAGE(etcd, why(etcd));
+  BOOST_CHECK(etcd->kind == config::metadata_kind::etcd);
+  BOOST_REQUIRE_EQUAL(etcd->endpoints.size(), 2u);
+  BOOST_CHECK_EQUAL(etcd->endpoints[0], "h1:2379");
+  BOOST_CHECK_EQUAL(etcd->endpoints[1], "h2:2379");
+
+  auto plain = config::parse_metadata_server("10.1.1.1:2379", "m");
+  BOOST_REQUIRE_MESSAGE(plain, why(plain));
+  BOOST_CHECK(plain->kind == config::metadata_kind::etcd);
+  BOOST_REQUIRE_EQUAL(plain->endpoints.size(), 1u);
+  BOOST_CHECK_EQUAL(plain->endpoints[0], "10.1.1.1:2379");
+  BOOST_CHECK_EQUAL(plain->text, "10.1.1.1:2379");
+
+  auto redis = config::parse_metadata_server("redis://cache:6379", "m");
+  BOOST_REQUIRE_MESSAGE(redis, why(redis));
+  BOOST_CHECK(redis->kind == config::metadata_kind::redis);
+  BOOST_REQUIRE_EQUAL(redis->endpoints.size(), 1u);
+  BOOST_CHECK_EQUAL(redis->endpoints[0], "cache:6379");
+}
+
+BOOST_AUTO_TEST_CASE(metadata_server_rejects) {
+  struct { std::string_view text; std::string_view why; } cases[] = {
+    {"", "no endpoint"},
+    {"etcd://", "no endpoint"},
+    {"etcd://h1", "not host:port"},
+    {"etcd://h1:2379,h2", "'h2'"},
+    {"etcd://h1:0", "not host:port"},
+    {"etcd://h1:99999", "not host:port"},
+    {":2379", "not host:port"},
+    {"redis://cache", "not host:port"},
+    {"zk://h:2181", "unknown scheme"},
+    {"http://", "no host"},
+    {"http:///metadata", "no host"},
+    {"p2phandshake", "not host:port"},
+  };
+  for (const auto& c : cases) {
+    auto r = config::parse_metadata_server(c.text, "cfg.json: field 'metadata_server'");
+    BOOST_REQUIRE_MESSAGE(!r, "'" << c.text << "' was accepted");
+    BOOST_CHECK(code_of(r.error()) == errc::invalid_config);
+    auto text = context_of(r.error());
+    BOOST_CHECK_MESSAGE(contains(text, "cfg.json: field 'metadata_server'"), text);
+    BOOST_CHECK_MESSAGE(contains(text, "'" + std::string(c.text) + "'"), text);
+    BOOST_CHECK_MESSAGE(contains(text, c.why), "'" << c.text << "': " << text);
+    BOOST_CHECK_MESSAGE(contains(text, "expected P2PHANDSHAKE"), text);
+  }
+  // Through parse(): the file and the field are named.
+  expect_config_error(
+    config::parse(R"({"local_hostname":"h","metadata_server":"zk://h:2181"})", "cfg.json"),
+    {"cfg.json", "metadata_server", "zk://h:2181", "expected"});
+}
+
+// -- malformed documents ------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(malformed_json_names_file_line_and_column) {
+  // The stray '}' after a dangling comma is on line 3, column 1.
+  auto r = config::parse("{\n  \"local_hostname\": \"h\",\n}\n", "broken.json");
+  expect_config_error(r, {"broken.json", "malformed JSON", "line 3", "column 1", "expected"});
+
+  auto truncated = config::parse("{\"local_hostname\": \"h\"", "cut.json");
+  expect_config_error(truncated, {"cut.json", "malformed JSON", "line 1"});
+
+  auto empty = config::parse("", "empty.json");
+  expect_config_error(empty, {"empty.json", "malformed JSON"});
+
+  auto garbage = config::parse("local_hostname = h", "ini.json");
+  expect_config_error(garbage, {"ini.json", "malformed JSON", "line 1, column 1"});
+}
+
+BOOST_AUTO_TEST_CASE(trailing_content_after_the_object_is_rejected) {
+  auto r = config::parse(doc() + "\n{\"local_hostname\": \"other\"}", "two.json");
+  expect_config_error(r, {"two.json", "malformed JSON", "line 2"});
+  auto junk = config::parse(doc() + " junk", "junk.json");
+  expect_config_error(junk, {"junk.json", "malformed JSON"});
+  // Trailing whitespace is fine.
+  auto ws = config::parse(doc() + " \n\t\n", "ws.json");
+  BOOST_CHECK_MESSAGE(ws, why(ws));
+}
+
+BOOST_AUTO_TEST_CASE(top_level_must_be_an_object) {
+  expect_config_error(config::parse("[1,2]", "arr.json"), {"arr.json", "an array", "expected a JSON object"});
+  expect_config_error(config::parse("\"x\"", "str.json"), {"str.json", "a string", "expected a JSON object"});
+}
+
+BOOST_AUTO_TEST_CASE(wrong_types) {
+  expect_config_error(config::parse(R"({"local_hostname":42,"metadata_server":"P2PHANDSHAKE"})", "t.json"),
+                      {"t.json", "'local_hostname'", "42", "a number", "expected a string"});
+  expect_config_error(config::parse(doc(R"("protocol":["tcp"])"), "t.json"),
+                      {"t.json", "'protocol'", "[\"tcp\"]", "an array", "expected"});
+  expect_config_error(config::parse(doc(R"("kvferry":{"worker_count":"four"})"), "t.json"),
+                      {"t.json", "'kvferry.worker_count'", "\"four\"", "a string",
+                       "expected a whole number"});
+  expect_config_error(config::parse(doc(R"("kvferry":{"retry_limit":2.5})"), "t.json"),
+                      {"t.json", "'kvferry.retry_limit'", "2.5", "expected a whole number"});
+  expect_config_error(config::parse(doc(R"("kvferry":{"log_level":3})"), "t.json"),
+                      {"t.json", "'kvferry.log_level'", "3", "expected one of"});
+  expect_config_error(config::parse(doc(R"("kvferry":[1])"), "t.json"),
+                      {"t.json", "'kvferry'", "an array", "expected an object"});
+  expect_config_error(config::parse(doc(R"("device_name":null)"), "t.json"),
+                      {"t.json", "'device_name'", "null", "expected a string"});
+}
+
+BOOST_AUTO_TEST_CASE(unknown_protocol) {
+  expect_config_error(config::parse(doc(R"("protocol":"udp")"), "p.json"),
+                      {"p.json", "'protocol'", "'udp'", "\"tcp\" or \"rdma\""});
+  // Protocol names are exact.
+  expect_config_error(config::parse(doc(R"("protocol":"TCP")"), "p.json"),
+                      {"p.json", "'protocol'", "'TCP'"});
+}
+
+BOOST_AUTO_TEST_CASE(required_fields) {
+  expect_config_error(config::parse(R"({"metadata_server":"P2PHANDSHAKE"})", "req.json"),
+                      {"req.json", "'local_hostname'", "missing", "expected"});
+  expect_config_error(config::parse(R"({"local_hostname":"h"})", "req.json"),
+                      {"req.json", "'metadata_server'", "missing", "expected"});
+  expect_config_error(config::parse("{}", "req.json"), {"req.json", "missing"});
+  expect_config_error(config::parse(R"({"local_hostname":"","metadata_server":"P2PHANDSHAKE"})", "req.json"),
+                      {"req.json", "'local_hostname'", "empty", "expected"});
+}
+
+BOOST_AUTO_TEST_CASE(master_server_address) {
+  auto ok = config::parse(doc(R"("master_server_address":"etcd://h:2379")"), "m.json");
+  BOOST_REQUIRE_MESSAGE(ok, why(ok));
+  BOOST_CHECK_EQUAL(ok->master_server_address, "etcd://h:2379");
+  expect_config_error(config::parse(doc(R"("master_server_address":"master")"), "m.json"),
+                      {"m.json", "'master_server_address'", "'master'", "host:port"});
+}
+
+BOOST_AUTO_TEST_CASE(kvferry_values_out_of_range) {
+  struct { std::string_view member; std::string_view field; std::string_view value; } cases[] = {
+    {R"("worker_count":0)", "'kvferry.worker_count'", "0"},
+    {R"("worker_count":65)", "'kvferry.worker_count'", "65"},
+    {R"("task_deadline_ms":0)", "'kvferry.task_deadline_ms'", "0"},
+    {R"("task_deadline_ms":86400001)", "'kvferry.task_deadline_ms'", "86400001"},
+    {R"("retry_limit":101)", "'kvferry.retry_limit'", "101"},
+    {R"("rpc_port":65536)", "'kvferry.rpc_port'", "65536"},
+    {R"("data_port":-1)", "'kvferry.data_port'", "-1"},
+    {R"("slice_size":0)", "'kvferry.slice_size'", "0"},
+    {R"("slice_size":"0")", "'kvferry.slice_size'", "'0'"},
+    {R"("slice_size":"65MiB")", "'kvferry.slice_size'", "65MiB"},
+    {R"("slice_size":67108865)", "'kvferry.slice_size'", "67108865"},
+    {R"("log_level":"loud")", "'kvferry.log_level'", "'loud'"},
+  };
+  for (const auto& c : cases) {
+    auto r = config::parse(doc(std::string(R"("kvferry":{)") + std::string(c.member) + "}"), "kv.json");
+    BOOST_TEST_CONTEXT("member " << c.member) {
+      expect_config_error(r, {"kv.json", c.field, c.value, "expected"});
+    }
+  }
+}
+
+// -- files and the environment ------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(load_file_reads_and_names_the_path) {
+  temp_dir dir;
+  auto good = dir.write("good.json", mooncake_example);
+  auto r = config::load_file(good);
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  BOOST_CHECK_EQUAL(r->source, good);
+  BOOST_CHECK_EQUAL(r->local_hostname, "192.168.0.137");
+
+  auto bad = dir.write("bad.json", "{\n\"local_hostname\": \"h\",\n\"metadata_server\": P2P\n}");
+  expect_config_error(config::load_file(bad), {bad, "malformed JSON", "line 3"});
+
+  auto missing = (dir.path / "nope.json").string();
+  expect_config_error(config::load_file(missing), {missing, "cannot open"});
+  // A directory is not a configuration file.
+  expect_config_error(config::load_file(dir.path.string()), {dir.path.string()});
+}
+
+BOOST_AUTO_TEST_CASE(load_uses_cli_then_kvferry_config_then_mooncake_config_path) {
+  temp_dir dir;
+  auto cli = dir.write("cli.json", R"({"local_hostname":"cli-host","metadata_server":"P2PHANDSHAKE"})");
+  auto kv = dir.write("kv.json", R"({"local_hostname":"kv-host","metadata_server":"P2PHANDSHAKE"})");
+  auto mc = dir.write("mc.json", R"({"local_hostname":"mc-host","metadata_server":"P2PHANDSHAKE"})");
+
+  {
+    env_guard a("KVFERRY_CONFIG", nullptr);
+    env_guard b("MOONCAKE_CONFIG_PATH", nullptr);
+    auto r = config::load(std::nullopt);
+    BOOST_REQUIRE_MESSAGE(r, why(r));
+    BOOST_CHECK_EQUAL(r->source, "<embedded defaults>");
+    BOOST_CHECK_EQUAL(r->local_hostname, "127.0.0.1");
+  }
+  {
+    env_guard a("KVFERRY_CONFIG", nullptr);
+    env_guard b("MOONCAKE_CONFIG_PATH", mc.c_str());
+    auto r = config::load(std::nullopt);
+    BOOST_REQUIRE_MESSAGE(r, why(r));
+    BOOST_CHECK_EQUAL(r->local_hostname, "mc-host");
+    BOOST_CHECK_EQUAL(r->source, mc);
+  }
+  {
+    env_guard a("KVFERRY_CONFIG", kv.c_str());
+    env_guard b("MOONCAKE_CONFIG_PATH", mc.c_str());
+    auto r = config::load(std::nullopt);
+    BOOST_REQUIRE_MESSAGE(r, why(r));
+    BOOST_CHECK_EQUAL(r->local_hostname, "kv-host");
+    // --config wins over both variables.
+    auto c = config::load(cli);
+    BOOST_REQUIRE_MESSAGE(c, why(c));
+    BOOST_CHECK_EQUAL(c->local_hostname, "cli-host");
+    BOOST_CHECK_EQUAL(c->source, cli);
+  }
+  {
+    // An empty variable counts as unset.
+    env_guard a("KVFERRY_CONFIG", "");
+    env_guard b("MOONCAKE_CONFIG_PATH", mc.c_str());
+    auto r = config::load(std::nullopt);
+    BOOST_REQUIRE_MESSAGE(r, why(r));
+    BOOST_CHECK_EQUAL(r->local_hostname, "mc-host");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(load_errors_name_the_variable) {
+  temp_dir dir;
+  auto broken = dir.write("broken.json", R"({"local_hostname":"h","metadata_server":"P2PHANDSHAKE","protocol":"udp"})");
+  auto absent = (dir.path / "absent.json").string();
+  {
+    env_guard a("KVFERRY_CONFIG", broken.c_str());
+    env_guard b("MOONCAKE_CONFIG_PATH", nullptr);
+    expect_config_error(config::load(std::nullopt), {broken, "'protocol'", "udp", "KVFERRY_CONFIG"});
+  }
+  {
+    env_guard a("KVFERRY_CONFIG", nullptr);
+    env_guard b("MOONCAKE_CONFIG_PATH", absent.c_str());
+    expect_config_error(config::load(std::nullopt), {absent, "cannot open", "MOONCAKE_CONFIG_PATH"});
+  }
+  {
+    // A bad --config is reported even when the variables name a good file.
+    auto good = dir.write("good.json", doc());
+    env_guard a("KVFERRY_CONFIG", good.c_str());
+    expect_config_error(config::load(absent), {absent, "cannot open"});
+  }
+}
