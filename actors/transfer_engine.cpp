@@ -77,9 +77,14 @@ caf::error transfer_engine::start() {
   incarnation_ = new_incarnation();
   owner_ = spawn_segment_owner(sys, name_, incarnation_, registry_);
   face_ = spawn_segment_public_face(sys, owner_);
+  // A failed start undoes only what it did (never another engine's directory entries) and
+  // leaves the engine stopped, so the destructor has nothing to stop.
   auto fail = [&](caf::error err) {
+    if (runtime_->networked() && rpc_port_ != 0)
+      (void) sys.middleman().unpublish(face_, rpc_port_);
     caf::anon_send_exit(face_, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(owner_, caf::exit_reason::user_shutdown);
+    stopped_ = true;
     return err;
   };
   if (runtime_->networked()) {
@@ -318,6 +323,8 @@ std::shared_ptr<batch_board> transfer_engine::find_batch(batch_id batch) const {
 }
 
 caf::error transfer_engine::free_batch(batch_id batch) {
+  if (stopped_)
+    return stopped_error();
   std::shared_ptr<batch_board> board;
   {
     std::unique_lock<std::shared_mutex> guard(batches_mutex_);
@@ -340,6 +347,8 @@ caf::error transfer_engine::free_batch(batch_id batch) {
 caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
                                                 std::span<const transfer_request> requests,
                                                 submit_options options) {
+  if (stopped_)
+    return stopped_error();
   if (requests.empty())
     return make_error(errc::invalid_argument, "submit to batch " + std::to_string(batch)
                                                 + ": no requests");
@@ -434,6 +443,8 @@ caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
 }
 
 caf::expected<transfer_status> transfer_engine::status(batch_id batch, uint32_t task) const {
+  if (stopped_)
+    return stopped_error();
   auto board = find_batch(batch);
   if (!board)
     return make_error(errc::unknown_batch, "status of batch " + std::to_string(batch)
@@ -446,6 +457,8 @@ caf::expected<transfer_status> transfer_engine::status(batch_id batch, uint32_t 
 }
 
 caf::expected<batch_summary> transfer_engine::batch_status(batch_id batch) const {
+  if (stopped_)
+    return stopped_error();
   auto board = find_batch(batch);
   if (!board)
     return make_error(errc::unknown_batch, "status of batch " + std::to_string(batch)
@@ -455,6 +468,8 @@ caf::expected<batch_summary> transfer_engine::batch_status(batch_id batch) const
 
 caf::expected<batch_summary> transfer_engine::wait(batch_id batch,
                                                    std::chrono::milliseconds timeout) {
+  if (stopped_)
+    return stopped_error();
   auto board = find_batch(batch);
   if (!board)
     return make_error(errc::unknown_batch, "wait for batch " + std::to_string(batch)

@@ -10,6 +10,7 @@
 /// a batch is allowed at any time: its unresolved tasks end CANCELED, and once free_batch returns
 /// no worker touches the batch's memory any more.
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -168,7 +169,8 @@ private:
 
   /// Held shared by calls that send work to the coordinator, exclusively by shutdown().
   mutable std::shared_mutex lifecycle_mutex_;
-  bool stopped_ = false;
+  /// Set by shutdown() (and by a failed start, which leaves nothing to stop).
+  std::atomic<bool> stopped_{false};
 
   mutable std::shared_mutex batches_mutex_;
   std::unordered_map<batch_id, std::shared_ptr<batch_board>> batches_;

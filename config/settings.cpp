@@ -361,9 +361,17 @@ caf::expected<settings> parse(std::string_view text, std::string_view source) {
         return r.error();
       if (r->empty())
         return c.fail_text(*r, "is empty; expected this node's address");
+      // "host:port", "[v6]:port"; a bare IPv6 address ("fe80::1", "[fe80::1]") has no port.
       auto colon = r->rfind(':');
-      if (colon != std::string::npos && r->find(']') == std::string::npos
-          && r->find(':') == colon) {
+      bool bracketed = !r->empty() && r->front() == '[';
+      if (bracketed && colon != std::string::npos && colon > 0 && (*r)[colon - 1] == ']') {
+        if (!valid_host_port(*r))
+          return c.fail_text(*r, "has a bad port; expected [address]:port (1-65535)");
+        out.rpc_port = static_cast<uint16_t>(std::stoul(r->substr(colon + 1)));
+        *r = r->substr(1, colon - 2);
+      } else if (bracketed && r->back() == ']') {
+        *r = r->substr(1, r->size() - 2);
+      } else if (colon != std::string::npos && r->find(':') == colon) {
         if (!valid_host_port(*r))
           return c.fail_text(*r, "has a bad port; expected host or host:port (1-65535)");
         out.rpc_port = static_cast<uint16_t>(std::stoul(r->substr(colon + 1)));

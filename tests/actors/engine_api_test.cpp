@@ -426,14 +426,9 @@ BOOST_AUTO_TEST_CASE(segment_errors) {
                {"runtime"});
 }
 
-// KNOWN BUG (actors/transfer_engine.cpp, create() -> start() -> ~transfer_engine() -> shutdown()):
-// when start() refuses a segment name already used in this process, the half-built engine is
-// destroyed and its shutdown() runs anyway: it asks a coordinator that was never spawned (logs
-// "coordinator did not confirm stop") and calls runtime_->directory()->remove(name_), which removes
-// the *existing* engine's segment from the process directory. After that, open_segment("b") answers
-// unknown_segment although engine "b" is alive. Expected failure until transfer_engine.cpp is fixed.
-BOOST_AUTO_TEST_CASE(duplicate_segment_name_is_refused_without_harm,
-                     *boost::unit_test::expected_failures(1)) {
+// A refused duplicate name must leave the live engine of that name intact (a failed start once
+// removed the existing engine's directory entry on its way out).
+BOOST_AUTO_TEST_CASE(duplicate_segment_name_is_refused_without_harm) {
   two_engines t;
   // Move bytes first so that both workers of "a" have connected to "b" (the connects are
   // asynchronous; one still in flight when "b" leaves the directory would fail too).
@@ -896,12 +891,8 @@ BOOST_AUTO_TEST_CASE(shutdown_with_tasks_in_flight) {
   expect_error(f.engine->stats(), errc::shutting_down, {});
 }
 
-// KNOWN BUG (actors/transfer_engine.cpp, shutdown() and submit()/status()/wait()/free_batch()):
-// shutdown() clears batches_, and these calls look the batch up before (or without) checking
-// stopped_, so a batch allocated before shutdown answers errc::unknown_batch, not
-// errc::shutting_down as errc's documentation ("the engine is stopping and accepts no new work")
-// and the API contract ask. Marked as expected failures until transfer_engine.cpp is fixed.
-BOOST_AUTO_TEST_CASE(batch_calls_after_shutdown_say_shutting_down, *boost::unit_test::expected_failures(5)) {
+// After shutdown, calls on a batch allocated before it answer shutting_down, not unknown_batch.
+BOOST_AUTO_TEST_CASE(batch_calls_after_shutdown_say_shutting_down) {
   two_engines t;
   auto batch = t.a->allocate_batch(2);
   BOOST_REQUIRE(batch);
