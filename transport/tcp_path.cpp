@@ -448,8 +448,14 @@ void tcp_path::handle_commands(std::vector<command>& commands) {
           open_socket(*slot);
         } else {
           slot->incarnation = cmd.incarnation;
-          if (slot->state == peer_state::link::down && !slot->socket)
+          if (slot->state == peer_state::link::down) {
+            // Re-opened while down (typically: the peer restarted on the same endpoint). zmq's
+            // own reconnect may still be backing off, and a down peer fails new slices at once:
+            // connect afresh so that slices wait for the connection (up to connect_timeout).
+            fail_peer_entries(cmd.peer, errc::peer_unreachable, true);
+            close_socket(*slot);
             open_socket(*slot);
+          }
         }
         break;
       }
