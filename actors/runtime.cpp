@@ -24,6 +24,10 @@ actor_config::actor_config(bool network) {
   add_message_type<std::vector<uint64_t>>("std::vector<uint64_t>");
   if (network)
     load<caf::io::middleman>();
+  // Work sharing: one queue with a condition variable wakes an idle scheduler thread at once. CAF's
+  // default work-stealing scheduler lets idle threads sleep between polls (50 us, then 10 ms),
+  // which put hundreds of microseconds on every message hop of a transfer.
+  set("scheduler.policy", caf::atom("sharing"));
   // kvferry logs through spdlog; keep CAF's own console output for real problems only.
   set("logger.console-verbosity", caf::atom("error"));
 }

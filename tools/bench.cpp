@@ -1,5 +1,6 @@
 // `kvferry bench`: flag-compatible with Mooncake's transfer_engine_bench, plus --verify,
 // --timeout_ms, --json and --target_offset.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
@@ -43,6 +44,8 @@ struct tally {
     verify_errors{0}, submit_errors{0};
   std::mutex reason_mutex;
   std::string first_reason;
+  /// Submit-to-all-terminal time of every batch, in microseconds.
+  std::vector<double> batch_latency_us;
 
   void note(const std::string& reason) {
     std::lock_guard<std::mutex> guard(reason_mutex);
@@ -115,6 +118,7 @@ void initiator_thread(transfer_engine& engine, const bench_options& o, uint32_t 
       ++t.submit_errors;
       return;
     }
+    auto submitted = std::chrono::steady_clock::now();
     auto first = engine.submit(*batch, requests, so);
     if (!first) {
       t.note(describe(first.error()));
@@ -124,6 +128,12 @@ void initiator_thread(transfer_engine& engine, const bench_options& o, uint32_t 
       continue;
     }
     auto summary = engine.wait(*batch, wait_budget);
+    auto latency = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now()
+                                                             - submitted).count();
+    {
+      std::lock_guard<std::mutex> guard(t.reason_mutex);
+      t.batch_latency_us.push_back(latency);
+    }
     if (!summary) {
       t.note(describe(summary.error()));
     }
@@ -252,17 +262,25 @@ int run_initiator(const config::settings& settings, const bench_options& o) {
               o.verify ? (", verify errors " + std::to_string(t.verify_errors.load())).c_str() : "");
   if (!t.first_reason.empty())
     std::printf("First problem: %s\n", t.first_reason.c_str());
+  auto& lat = t.batch_latency_us;
+  std::sort(lat.begin(), lat.end());
+  auto pct = [&](double p) {
+    return lat.empty() ? 0.0 : lat[std::min(lat.size() - 1, static_cast<size_t>(p * lat.size()))];
+  };
+  std::printf("Batch latency (submit to all terminal, %zu batches): p50 %.1f us, p99 %.1f us\n",
+              lat.size(), pct(0.50), pct(0.99));
   auto stats = (*engine)->stats();
   if (o.json) {
     std::printf("{\"mode\":\"initiator\",\"operation\":\"%s\",\"block_size\":%" PRIu64
                 ",\"batch_size\":%u,\"threads\":%u,\"duration_s\":%.6f,\"batch_count\":%" PRIu64
                 ",\"bytes\":%" PRIu64 ",\"throughput_bytes_per_s\":%.1f,\"completed\":%" PRIu64
                 ",\"failed\":%" PRIu64 ",\"timeout\":%" PRIu64 ",\"canceled\":%" PRIu64
-                ",\"verify_errors\":%" PRIu64 ",\"late_reports\":%" PRIu64 "}\n",
+                ",\"verify_errors\":%" PRIu64 ",\"late_reports\":%" PRIu64
+                ",\"batch_latency_p50_us\":%.1f,\"batch_latency_p99_us\":%.1f}\n",
                 o.operation.c_str(), o.block_size, o.batch_size, o.threads, secs,
                 t.batches.load(), t.bytes.load(), t.bytes.load() / secs, t.completed.load(),
                 t.failed.load(), t.timeout.load(), t.canceled.load(), t.verify_errors.load(),
-                stats ? stats->late_reports : 0);
+                stats ? stats->late_reports : 0, pct(0.50), pct(0.99));
   }
   std::fflush(stdout);
   (*engine)->shutdown();

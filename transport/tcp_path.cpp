@@ -102,8 +102,8 @@ void tcp_path::set_sink(completion_sink sink) {
 }
 
 tcp_path_counters tcp_path::counters() const {
-  std::lock_guard<std::mutex> guard(mutex_);
-  return counters_;
+  return tcp_path_counters{sent_.load(), replies_.load(), unmatched_replies_.load(),
+                           malformed_replies_.load(), disconnects_.load()};
 }
 
 caf::expected<uint32_t> tcp_path::connect(const memory::segment_descriptor& peer) {
@@ -149,7 +149,9 @@ void tcp_path::post(std::span<const slice_op> ops) {
       inbox_.push_back(std::move(cmd));
     }
   }
-  wakeup_.ring();
+  // Ring only a sleeping I/O thread: an awake one takes the inbox before it polls again.
+  if (io_idle_.load(std::memory_order_seq_cst))
+    wakeup_.ring();
 }
 
 void tcp_path::withdraw(std::span<const uint64_t> ids, std::function<void()> done) {
@@ -290,8 +292,7 @@ void tcp_path::send_entry(uint32_t index, uint64_t id, entry& e) {
   e.sent = true;
   ++peer.in_flight;
   peer.bytes_in_flight += e.op.length;
-  std::lock_guard<std::mutex> guard(mutex_);
-  ++counters_.sent;
+  sent_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void tcp_path::pump(uint32_t index) {
@@ -348,25 +349,20 @@ void tcp_path::receive(uint32_t index) {
     wire::reply_header reply;
     wire::decode_error derr{};
     if (extra || !wire::decode(header.data(), header.size(), reply, derr)) {
-      std::lock_guard<std::mutex> guard(mutex_);
-      if (counters_.malformed_replies++ % 1000 == 0)
+      if (malformed_replies_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0)
         log::warn("tcp data path: malformed reply from '{}' ({})", peer.name,
                   extra ? "too many frames" : wire::to_string(derr));
       continue;
     }
     auto it = pending_.find(reply.id);
     if (it == pending_.end() || it->second.op.peer != index || !it->second.sent) {
-      std::lock_guard<std::mutex> guard(mutex_);
-      ++counters_.unmatched_replies;
+      unmatched_replies_.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     auto& e = it->second;
     --peer.in_flight;
     peer.bytes_in_flight -= e.op.length;
-    {
-      std::lock_guard<std::mutex> guard(mutex_);
-      ++counters_.replies;
-    }
+    replies_.fetch_add(1, std::memory_order_relaxed);
     if (e.withdrawn) {
       // Withdrawn: no byte moves; the report is late and the coordinator counts it.
       complete(reply.id, reply.status, false, 0);
@@ -415,10 +411,7 @@ void tcp_path::handle_monitor(uint32_t index) {
     } else if (kind == ZMQ_EVENT_DISCONNECTED && peer.state == peer_state::link::up) {
       log::warn("tcp data path: connection to '{}' ({}) lost; failing {} slice(s) in flight",
                 peer.name, peer.endpoint, peer.in_flight);
-      {
-        std::lock_guard<std::mutex> guard(mutex_);
-        ++counters_.disconnects;
-      }
+      disconnects_.fetch_add(1, std::memory_order_relaxed);
       reset_peer(index, errc::peer_unreachable);
       pump(index);
       return; // the monitor socket was replaced
@@ -576,7 +569,14 @@ void tcp_path::run() {
     bool timers = !withdrawals_.empty();
     for (auto& peer : peers_)
       timers = timers || (peer && peer->state == peer_state::link::connecting && !peer->waiting.empty());
-    int rc = zmq_poll(items.data(), static_cast<int>(items.size()), timers ? 10 : 500);
+    io_idle_.store(true, std::memory_order_seq_cst);
+    bool queued;
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      queued = !inbox_.empty();
+    }
+    int rc = zmq_poll(items.data(), static_cast<int>(items.size()), queued ? 0 : timers ? 10 : 500);
+    io_idle_.store(false, std::memory_order_seq_cst);
     if (rc < 0 && zmq_errno() == ETERM)
       break;
     if (items[0].revents & ZMQ_POLLIN)

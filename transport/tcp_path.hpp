@@ -99,7 +99,11 @@ private:
   uint32_t peer_count_ = 0;
   completion_sink sink_;
   std::atomic<bool> stopping_{false};
-  tcp_path_counters counters_;
+  /// True while the I/O thread is (about to be) blocked in zmq_poll.
+  std::atomic<bool> io_idle_{false};
+  // Counters, written by the I/O thread only (relaxed atomics: no lock on the hot path).
+  std::atomic<uint64_t> sent_{0}, replies_{0}, unmatched_replies_{0}, malformed_replies_{0},
+    disconnects_{0};
 
   // I/O thread only.
   std::vector<std::unique_ptr<peer_state>> peers_;

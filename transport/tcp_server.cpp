@@ -20,6 +20,9 @@ void release_reply(void*, void* hint) {
   delete counter;
 }
 
+/// READ replies up to this size are copied into the reply instead of sent by reference.
+constexpr uint64_t small_copy_bytes = 16 << 10;
+
 std::string hex(uint64_t x) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(x));
@@ -199,7 +202,9 @@ void tcp_server::serve_one(zmq::socket_t& socket, const memory::region_table& re
       bytes_.fetch_add(req.length, std::memory_order_relaxed);
     }
   } else if (reply.status == errc::none) {
-    if (region->where.is_device()) {
+    if (region->where.is_device() || req.length <= small_copy_bytes) {
+      // Device memory is staged through host memory; small host payloads are cheaper to copy
+      // than to hand to zmq by reference (and a copy never pins the region).
       payload.rebuild(req.length);
       if (memory::copy_bytes(payload.data(), memory::location{},
                              reinterpret_cast<const void*>(req.remote_addr), region->where,
