@@ -159,13 +159,13 @@ caf::error parse_kvferry_object(std::string_view source, const json::object& obj
                                 settings& out) {
   for (const auto& [key, value] : obj) {
     field_ctx c{source, "kvferry." + std::string(key)};
-    if (key == "slice_size") {
+    if (key == "slice_size" || key == "tcp_slice_size") {
       auto r = get_size(c, value, 1);
       if (!r)
         return r.error();
       if (*r > (64ULL << 20))
         return c.fail_text(render(value), "is too large; expected at most 64 MiB");
-      out.slice_size = *r;
+      (key == "slice_size" ? out.slice_size : out.tcp_slice_size) = *r;
     } else if (key == "worker_count") {
       auto r = get_unsigned(c, value, 1, 64);
       if (!r)
@@ -420,7 +420,7 @@ caf::expected<settings> parse(std::string_view text, std::string_view source) {
       (key == "global_segment_size" ? out.global_segment_size : out.local_buffer_size) = *r;
     } else if (key == "kvferry") {
       if (!value.is_object())
-        return c.fail(value, "an object with kvferry's settings (slice_size, worker_count, "
+        return c.fail(value, "an object with kvferry's settings (slice_size, tcp_slice_size, worker_count, "
                              "task_deadline_ms, retry_limit, rpc_port, data_port, log_level)");
       if (auto err = parse_kvferry_object(source, value.get_object(), out))
         return err;

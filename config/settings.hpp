@@ -14,7 +14,7 @@
 ///   "global_segment_size": "4GB",               // number of bytes or a size string
 ///   "local_buffer_size": 1073741824,
 ///   "kvferry": {
-///     "slice_size": "64KiB", "worker_count": 2, "task_deadline_ms": 10000, "retry_limit": 3,
+///     "slice_size": "64KiB", "tcp_slice_size": "1MiB", "worker_count": 2, "task_deadline_ms": 10000, "retry_limit": 3,
 ///     "rpc_port": 0, "data_port": 0, "log_level": "info"
 ///   }
 /// }
@@ -71,8 +71,11 @@ struct settings {
   uint64_t local_buffer_size = 1ULL << 30;
 
   // -- kvferry's own ("kvferry" object) ----------------------------------------------------------
-  /// Tasks are split into slices of at most this many bytes.
+  /// Tasks are split into slices of at most this many bytes (RDMA and same-process paths).
   uint64_t slice_size = 64ULL << 10;
+  /// Slice size for peers reached over TCP: larger slices cost fewer frames per byte, and TCP has
+  /// no multi-NIC spreading that small slices would serve.
+  uint64_t tcp_slice_size = 1ULL << 20;
   /// Worker actors (data-path endpoints, one per NIC for RDMA) per node.
   uint32_t worker_count = 2;
   /// A task that is not terminal this long after submission resolves TIMEOUT.

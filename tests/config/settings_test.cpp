@@ -158,11 +158,13 @@ BOOST_AUTO_TEST_CASE(minimal_document_keeps_defaults) {
 
 BOOST_AUTO_TEST_CASE(kvferry_object) {
   auto r = config::parse(
-    doc(R"("kvferry":{"slice_size":"4KiB","worker_count":4,"task_deadline_ms":250,)"
-        R"("retry_limit":0,"rpc_port":17000,"data_port":17001,"log_level":"debug"})"),
+    doc(R"("kvferry":{"slice_size":"4KiB","tcp_slice_size":"2MiB","worker_count":4,)"
+        R"("task_deadline_ms":250,"retry_limit":0,"rpc_port":17000,"data_port":17001,)"
+        R"("log_level":"debug"})"),
     "kv.json");
   BOOST_REQUIRE_MESSAGE(r, why(r));
   BOOST_CHECK_EQUAL(r->slice_size, 4096u);
+  BOOST_CHECK_EQUAL(r->tcp_slice_size, 2u << 20);
   BOOST_CHECK_EQUAL(r->worker_count, 4u);
   BOOST_CHECK_EQUAL(r->task_deadline.count(), 250);
   BOOST_CHECK_EQUAL(r->retry_limit, 0u);
@@ -471,6 +473,7 @@ BOOST_AUTO_TEST_CASE(kvferry_values_out_of_range) {
     {R"("rpc_port":65536)", "'kvferry.rpc_port'", "65536"},
     {R"("data_port":-1)", "'kvferry.data_port'", "-1"},
     {R"("slice_size":0)", "'kvferry.slice_size'", "0"},
+    {R"("tcp_slice_size":"65MiB")", "'kvferry.tcp_slice_size'", "65MiB"},
     {R"("slice_size":"0")", "'kvferry.slice_size'", "'0'"},
     {R"("slice_size":"65MiB")", "'kvferry.slice_size'", "65MiB"},
     {R"("slice_size":67108865)", "'kvferry.slice_size'", "67108865"},
