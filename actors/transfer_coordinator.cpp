@@ -4,6 +4,7 @@
 #include <functional>
 #include <limits>
 #include <queue>
+#include <set>
 #include <unordered_map>
 
 #include <caf/actor_system.hpp>
@@ -96,6 +97,12 @@ struct coordinator_state {
   // Messages to workers collected while handling one message, sent by flush().
   std::vector<std::vector<transport::slice_op>> outbox_post;
   std::vector<std::vector<uint64_t>> outbox_withdraw;
+  // Withdraw requests sent and not yet confirmed, by sequence number. free() and stop() reply only
+  // once every withdrawal sent before them is confirmed, whichever resolution sent it: a task that
+  // timed out or failed earlier may still have a slice queued at a worker.
+  uint64_t withdrawals_sent = 0;
+  std::set<uint64_t> withdrawals_unconfirmed;
+  std::vector<std::pair<uint64_t, std::function<void()>>> withdrawal_waiters; // (last seq, done)
   coordinator_stats stats;
   bool stopping = false;
   static inline const char* name = "kvferry.coordinator";
@@ -194,6 +201,27 @@ void resolve(coordinator_state& st, uint32_t task_slot, task_state state, errc c
   st.free_tasks.push_back(task_slot);
 }
 
+/// A worker answered withdraw request `seq` (or did not within the timeout): runs the waiters
+/// whose withdrawals are now all confirmed.
+void confirm_withdrawal(self_pointer self, uint64_t seq) {
+  auto& st = self->state;
+  st.withdrawals_unconfirmed.erase(seq);
+  auto oldest = st.withdrawals_unconfirmed.empty() ? std::numeric_limits<uint64_t>::max()
+                                                   : *st.withdrawals_unconfirmed.begin();
+  std::vector<std::function<void()>> ready;
+  auto& waiters = st.withdrawal_waiters;
+  for (auto it = waiters.begin(); it != waiters.end();) {
+    if (it->first < oldest) {
+      ready.push_back(std::move(it->second));
+      it = waiters.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& done : ready)
+    done();
+}
+
 void flush(self_pointer self) {
   auto& st = self->state;
   for (size_t w = 0; w < st.workers.size(); ++w) {
@@ -203,49 +231,31 @@ void flush(self_pointer self) {
     }
   }
   for (size_t w = 0; w < st.workers.size(); ++w) {
-    if (!st.outbox_withdraw[w].empty()) {
-      self->request(st.workers[w].handle, st.settings.withdraw_timeout, withdraw_atom::value,
-                    std::move(st.outbox_withdraw[w]))
-        .then([](bool) {}, [](caf::error&) {});
-      st.outbox_withdraw[w] = {};
-    }
-  }
-}
-
-/// Sends the collected withdrawals and calls `done` once every worker confirmed (or timed out).
-void flush_and_confirm(self_pointer self, std::function<void()> done) {
-  auto& st = self->state;
-  for (size_t w = 0; w < st.workers.size(); ++w) {
-    if (!st.outbox_post[w].empty()) {
-      self->send(st.workers[w].handle, post_atom::value, std::move(st.outbox_post[w]));
-      st.outbox_post[w] = {};
-    }
-  }
-  auto remaining = std::make_shared<size_t>(0);
-  for (auto& ids : st.outbox_withdraw)
-    if (!ids.empty())
-      ++*remaining;
-  if (*remaining == 0) {
-    done();
-    return;
-  }
-  auto shared_done = std::make_shared<std::function<void()>>(std::move(done));
-  for (size_t w = 0; w < st.workers.size(); ++w) {
     if (st.outbox_withdraw[w].empty())
       continue;
-    auto on_reply = [remaining, shared_done] {
-      if (--*remaining == 0)
-        (*shared_done)();
-    };
+    auto seq = ++st.withdrawals_sent;
+    st.withdrawals_unconfirmed.insert(seq);
     self->request(st.workers[w].handle, st.settings.withdraw_timeout, withdraw_atom::value,
                   std::move(st.outbox_withdraw[w]))
-      .then([on_reply](bool) { on_reply(); },
-            [on_reply, w](caf::error& err) {
+      .then([self, seq](bool) { confirm_withdrawal(self, seq); },
+            [self, seq, w](caf::error& err) {
               log::warn("worker {} did not confirm a withdrawal: {}", w, describe(err));
-              on_reply();
+              confirm_withdrawal(self, seq);
             });
     st.outbox_withdraw[w] = {};
   }
+}
+
+/// Sends the collected posts and withdrawals and calls `done` once every withdrawal sent so far,
+/// by this call or an earlier one, is confirmed (or timed out).
+void flush_and_confirm(self_pointer self, std::function<void()> done) {
+  flush(self);
+  auto& st = self->state;
+  if (st.withdrawals_unconfirmed.empty()) {
+    done();
+    return;
+  }
+  st.withdrawal_waiters.emplace_back(st.withdrawals_sent, std::move(done));
 }
 
 void arm_timer(self_pointer self) {
@@ -478,14 +488,16 @@ coordinator_actor::behavior_type coordinator_impl(self_pointer self,
     [self](free_atom, const batch_ref& ref) -> caf::result<bool> {
       auto& st = self->state;
       auto it = st.batches.find(ref.board->id());
-      if (it == st.batches.end())
-        return true;
-      // Resolving unlinks the task; walk a copy of the list.
-      std::vector<uint32_t> live;
-      for (auto slot = it->second.head; slot != no_slot; slot = st.tasks[slot].next)
-        live.push_back(slot);
-      for (auto slot : live)
-        resolve(st, slot, task_state::canceled, errc::none, "batch freed while in flight");
+      if (it != st.batches.end()) {
+        // Resolving unlinks the task; walk a copy of the list.
+        std::vector<uint32_t> live;
+        for (auto slot = it->second.head; slot != no_slot; slot = st.tasks[slot].next)
+          live.push_back(slot);
+        for (auto slot : live)
+          resolve(st, slot, task_state::canceled, errc::none, "batch freed while in flight");
+      }
+      // Even with no live task left, a slice of a task that timed out or failed may still be
+      // queued at a worker: reply after every withdrawal sent so far is confirmed.
       auto rp = self->make_response_promise<bool>();
       flush_and_confirm(self, [rp]() mutable { rp.deliver(true); });
       return rp;
