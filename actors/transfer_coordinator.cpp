@@ -58,6 +58,16 @@ struct task_entry {
   task_spec spec;
   /// Slice slots of this task (live or already released); capacity is reused across tasks.
   std::vector<uint32_t> slices;
+  /// The submit-with-notify group this task belongs to, or no_slot.
+  uint32_t group = no_slot;
+};
+
+/// The tasks of one submit-with-notify: the notification goes out when the last one resolves,
+/// and only if every one of them COMPLETED.
+struct notify_group {
+  notify_spec spec;
+  uint32_t unresolved = 0;
+  bool all_completed = true;
 };
 
 struct batch_record {
@@ -75,6 +85,7 @@ struct segment_entry {
   memory::segment_descriptor descriptor;
   std::vector<uint32_t> workers; // eligible worker indices
   uint32_t cursor = 0;           // round robin
+  uint64_t slice_size = 0;       // for tasks to this segment
 };
 
 struct deadline_entry {
@@ -92,6 +103,8 @@ struct coordinator_state {
   std::vector<task_entry> tasks;
   std::vector<uint32_t> free_tasks;
   std::unordered_map<uint64_t, batch_record> batches;
+  std::vector<notify_group> groups;
+  std::vector<uint32_t> free_groups;
   std::priority_queue<deadline_entry, std::vector<deadline_entry>, std::greater<>> deadlines;
   time_point next_timer = time_point::max();
   // Messages to workers collected while handling one message, sent by flush().
@@ -156,6 +169,24 @@ void post_slice(coordinator_state& st, uint32_t slot, uint32_t w) {
   ++st.stats.slices_posted;
 }
 
+/// One task of notify group `g` resolved; sends or drops the notification after the last one.
+void group_task_resolved(coordinator_state& st, uint32_t g, bool completed) {
+  auto& group = st.groups[g];
+  group.all_completed = group.all_completed && completed;
+  if (--group.unresolved > 0)
+    return;
+  if (group.all_completed) {
+    // Every WRITE of the submission is confirmed in place at the target: announce it.
+    caf::anon_send(group.spec.target, notify_atom::value, std::move(group.spec.from),
+                   std::move(group.spec.message));
+    ++st.stats.notifies_sent;
+  } else {
+    ++st.stats.notifies_dropped;
+  }
+  group.spec = notify_spec{};
+  st.free_groups.push_back(g);
+}
+
 /// The single place a task becomes terminal. Withdraws its slices still at workers, publishes the
 /// state on the batch board, and forgets the task.
 void resolve(coordinator_state& st, uint32_t task_slot, task_state state, errc code,
@@ -176,6 +207,10 @@ void resolve(coordinator_state& st, uint32_t task_slot, task_state state, errc c
   t.slices.clear();
   if (!t.board->resolve(t.index, state, t.bytes_done, code, std::move(reason)))
     ++st.stats.repeated_resolutions;
+  if (t.group != no_slot) {
+    group_task_resolved(st, t.group, state == task_state::completed);
+    t.group = no_slot;
+  }
   switch (state) {
     case task_state::completed: ++st.stats.tasks_completed; break;
     case task_state::failed: ++st.stats.tasks_failed; break;
@@ -307,13 +342,25 @@ void handle_submit(self_pointer self, submission& sub) {
       board.resolve(sub.first_index + i, task_state::canceled, 0,
                     st.stopping ? errc::shutting_down : errc::none, why);
     st.stats.tasks_canceled += count;
+    if (sub.notify)
+      ++st.stats.notifies_dropped;
     return;
+  }
+  uint32_t group = no_slot;
+  if (sub.notify && count > 0) {
+    if (!st.free_groups.empty()) {
+      group = st.free_groups.back();
+      st.free_groups.pop_back();
+    } else {
+      group = static_cast<uint32_t>(st.groups.size());
+      st.groups.emplace_back();
+    }
+    st.groups[group] = notify_group{std::move(*sub.notify), count, true};
   }
   auto& rec = st.batches[board.id()];
   if (!rec.board)
     rec.board = sub.board;
   auto deadline = self->clock().now() + sub.deadline;
-  const auto slice_size = st.settings.slice_size;
   for (uint32_t i = 0; i < count; ++i) {
     const auto& spec = sub.tasks[i];
     auto index = sub.first_index + i;
@@ -328,6 +375,8 @@ void handle_submit(self_pointer self, submission& sub) {
                    : "no worker's data path reaches segment '" + seg->second.descriptor.name + "'";
       board.resolve(index, task_state::failed, 0, code, std::move(why));
       ++st.stats.tasks_failed;
+      if (group != no_slot)
+        group_task_resolved(st, group, false);
       continue;
     }
     auto slot = allocate_task(st);
@@ -345,7 +394,9 @@ void handle_submit(self_pointer self, submission& sub) {
     t.bytes_done = 0;
     t.deadline = deadline;
     t.spec = spec;
+    t.group = group;
     t.slices.clear();
+    const auto slice_size = seg->second.slice_size;
     auto n = static_cast<uint32_t>((spec.length + slice_size - 1) / slice_size);
     t.slices_open = n;
     auto& segment = seg->second;
@@ -450,9 +501,22 @@ coordinator_stats current_stats(const coordinator_state& st) {
 
 void refresh_eligibility(coordinator_state& st, segment_entry& seg) {
   seg.workers.clear();
-  for (uint32_t w = 0; w < st.workers.size(); ++w)
-    if (seg.descriptor.endpoint(st.workers[w].endpoint_kind) != nullptr)
-      seg.workers.push_back(w);
+  // The slice size for a segment: the smallest one configured for the endpoint kinds of its
+  // eligible workers, else the default.
+  uint64_t size = 0;
+  bool all_configured = true;
+  for (uint32_t w = 0; w < st.workers.size(); ++w) {
+    const auto& kind = st.workers[w].endpoint_kind;
+    if (seg.descriptor.endpoint(kind) == nullptr)
+      continue;
+    seg.workers.push_back(w);
+    auto it = st.settings.endpoint_slice_size.find(kind);
+    if (it == st.settings.endpoint_slice_size.end() || it->second == 0)
+      all_configured = false;
+    else
+      size = size == 0 ? it->second : std::min(size, it->second);
+  }
+  seg.slice_size = all_configured && size > 0 ? size : st.settings.slice_size;
 }
 
 coordinator_actor::behavior_type coordinator_impl(self_pointer self,

@@ -12,6 +12,9 @@
 ///                                          slices are withdrawn from every worker
 ///   stats -> coordinator_stats             counters, for tests and benchmarks
 ///   stop -> bool                           cancel everything, stop the workers, quit
+/// and it sends, for a submission with notify, once its last task resolved and only if all of them
+/// COMPLETED:
+///   notify(from, message)                  to the target segment's public face
 ///
 /// Task state machine (per task; see task_state.hpp for the states):
 ///
@@ -25,6 +28,7 @@
 ///   id that no longer exists and is counted in `late_reports`, never acted on.
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -112,6 +116,8 @@ typename Inspector::result_type inspect(Inspector& f, coordinator_stats& x) {
 
 struct coordinator_settings {
   uint64_t slice_size = 64 << 10;
+  /// Slice size for segments reached only through workers of these endpoint kinds (e.g. "tcp").
+  std::map<std::string, uint64_t> endpoint_slice_size;
   uint32_t retry_limit = 3;
   /// How long free() waits for a worker to confirm a withdrawal before giving up on it.
   caf::timespan withdraw_timeout = std::chrono::seconds(5);

@@ -133,6 +133,7 @@ caf::error transfer_engine::start() {
   }
   coordinator_settings cs;
   cs.slice_size = settings_.slice_size;
+  cs.endpoint_slice_size["tcp"] = settings_.tcp_slice_size;
   cs.retry_limit = settings_.retry_limit;
   coordinator_ = spawn_coordinator(sys, cs);
   auto paths = options_.data_paths;

@@ -904,3 +904,70 @@ BOOST_AUTO_TEST_CASE(batch_calls_after_shutdown_say_shutting_down) {
   BOOST_CHECK(code_of(t.a->wait(*batch, 10ms).error()) == errc::shutting_down);
   BOOST_CHECK(code_of(t.a->free_batch(*batch)) == errc::shutting_down);
 }
+
+// Submit with notify on the same-process path: the notification arrives once every WRITE of the
+// submission completed, after the bytes are in place, and never for a submission with a failure.
+BOOST_AUTO_TEST_CASE(submit_with_notify_same_process) {
+  two_engines t;
+  std::memset(t.src.data, 0x5a, 4096);
+  auto batch = t.a->allocate_batch(8);
+  BOOST_REQUIRE(batch);
+  std::vector<transfer_request> ok{t.write(0, 0, 1000), t.write(1000, 1000, 3096)};
+  submit_options with_note;
+  with_note.notify = std::string("kv ready: blocks 0-1");
+  BOOST_REQUIRE(t.a->submit(*batch, ok, with_note));
+  std::vector<notification> got;
+  for (int i = 0; i < 500 && got.empty(); ++i) {
+    auto drained = t.b->get_notifies();
+    BOOST_REQUIRE(drained);
+    got = *drained;
+    if (got.empty())
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  BOOST_REQUIRE_EQUAL(got.size(), 1u);
+  BOOST_CHECK_EQUAL(got[0].from, "a");
+  BOOST_CHECK_EQUAL(got[0].message, "kv ready: blocks 0-1");
+  // The data was in place before the notification could be read.
+  for (size_t i = 0; i < 4096; ++i)
+    BOOST_REQUIRE_EQUAL(static_cast<uint8_t>(t.dst.data[i]), 0x5a);
+  // A submission whose slice the target refuses fails, and its notification is never sent. Engine
+  // "c" leaves bounds to the target, which no longer has the memory registered.
+  engine_options oc;
+  oc.segment_name = "c";
+  oc.check_remote_bounds = false;
+  auto c = transfer_engine::create(t.rt, config::settings{}, oc);
+  BOOST_REQUIRE(c);
+  BOOST_REQUIRE(!(*c)->register_memory(t.src.data, t.src.size, "cpu:0"));
+  auto c_to_b = (*c)->open_segment("b");
+  BOOST_REQUIRE(c_to_b);
+  BOOST_REQUIRE(!t.b->unregister_memory(t.dst.data));
+  auto failing = (*c)->allocate_batch(2);
+  BOOST_REQUIRE(failing);
+  with_note.notify = std::string("must not arrive");
+  std::vector<transfer_request> refused_write{{opcode::write, t.src.data, *c_to_b, t.dst.addr(0), 64},
+                                              {opcode::write, t.src.data + 64, *c_to_b, t.dst.addr(64), 64}};
+  BOOST_REQUIRE(!t.b->register_memory(t.dst.data, 64, "cpu:0")); // the first one succeeds
+  BOOST_REQUIRE((*c)->submit(*failing, refused_write, with_note));
+  auto summary = (*c)->wait(*failing, std::chrono::seconds(10));
+  BOOST_REQUIRE(summary);
+  BOOST_CHECK_EQUAL(summary->completed, 1u);
+  BOOST_CHECK_EQUAL(summary->failed, 1u);
+  auto stats_a = t.a->stats();
+  auto stats_c = (*c)->stats();
+  BOOST_REQUIRE(stats_a && stats_c);
+  BOOST_CHECK_EQUAL(stats_a->notifies_sent, 1u);
+  BOOST_CHECK_EQUAL(stats_c->notifies_sent, 0u);
+  BOOST_CHECK_EQUAL(stats_c->notifies_dropped, 1u);
+  auto later = t.b->get_notifies();
+  BOOST_REQUIRE(later);
+  BOOST_CHECK(later->empty());
+  (*c)->shutdown();
+  // Notify with requests to different segments is refused.
+  auto own = t.a->open_segment("a");
+  BOOST_REQUIRE(own);
+  std::vector<transfer_request> mixed{t.write(0, 0, 8), {opcode::write, t.src.data, *own, t.src.addr(64), 8}};
+  auto third = t.a->allocate_batch(2);
+  auto refused = t.a->submit(*third, mixed, with_note);
+  BOOST_REQUIRE(!refused);
+  BOOST_CHECK(code_of(refused.error()) == errc::invalid_argument);
+}
