@@ -142,7 +142,7 @@ caf::error transfer_engine::start() {
     for (uint32_t i = 0; i < settings_.worker_count; ++i)
       paths.push_back(std::make_shared<transport::local_path>(runtime_->directory(), registry_));
     if (zmq_context_)
-      for (uint32_t i = 0; i < settings_.worker_count; ++i)
+      for (uint32_t i = 0; i < settings_.tcp_worker_count; ++i)
         paths.push_back(std::make_shared<transport::tcp_path>(zmq_context_));
   }
   for (auto& path : paths) {

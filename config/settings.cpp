@@ -166,11 +166,11 @@ caf::error parse_kvferry_object(std::string_view source, const json::object& obj
       if (*r > (64ULL << 20))
         return c.fail_text(render(value), "is too large; expected at most 64 MiB");
       (key == "slice_size" ? out.slice_size : out.tcp_slice_size) = *r;
-    } else if (key == "worker_count") {
+    } else if (key == "worker_count" || key == "tcp_worker_count") {
       auto r = get_unsigned(c, value, 1, 64);
       if (!r)
         return r.error();
-      out.worker_count = static_cast<uint32_t>(*r);
+      (key == "worker_count" ? out.worker_count : out.tcp_worker_count) = static_cast<uint32_t>(*r);
     } else if (key == "task_deadline_ms") {
       auto r = get_unsigned(c, value, 1, 24ULL * 3600 * 1000);
       if (!r)
@@ -420,7 +420,7 @@ caf::expected<settings> parse(std::string_view text, std::string_view source) {
       (key == "global_segment_size" ? out.global_segment_size : out.local_buffer_size) = *r;
     } else if (key == "kvferry") {
       if (!value.is_object())
-        return c.fail(value, "an object with kvferry's settings (slice_size, tcp_slice_size, worker_count, "
+        return c.fail(value, "an object with kvferry's settings (slice_size, tcp_slice_size, worker_count, tcp_worker_count, "
                              "task_deadline_ms, retry_limit, rpc_port, data_port, log_level)");
       if (auto err = parse_kvferry_object(source, value.get_object(), out))
         return err;

@@ -14,7 +14,7 @@
 ///   "global_segment_size": "4GB",               // number of bytes or a size string
 ///   "local_buffer_size": 1073741824,
 ///   "kvferry": {
-///     "slice_size": "64KiB", "tcp_slice_size": "1MiB", "worker_count": 2, "task_deadline_ms": 10000, "retry_limit": 3,
+///     "slice_size": "64KiB", "tcp_slice_size": "1MiB", "worker_count": 2, "tcp_worker_count": 1, "task_deadline_ms": 10000, "retry_limit": 3,
 ///     "rpc_port": 0, "data_port": 0, "log_level": "info"
 ///   }
 /// }
@@ -78,6 +78,9 @@ struct settings {
   uint64_t tcp_slice_size = 1ULL << 20;
   /// Worker actors (data-path endpoints, one per NIC for RDMA) per node.
   uint32_t worker_count = 2;
+  /// TCP worker actors per node: connections per peer, each with its own I/O thread. One keeps the
+  /// fewest threads busy (best on small hosts); more help where many cores drive a fast NIC.
+  uint32_t tcp_worker_count = 1;
   /// A task that is not terminal this long after submission resolves TIMEOUT.
   std::chrono::milliseconds task_deadline{10000};
   /// A failed slice is retried on another worker at most this many times.

@@ -1,5 +1,7 @@
 // The kvferry command: `kvferry demo`, `kvferry node`, `kvferry bench`, `kvferry --help`.
 #include <cstdio>
+
+#include <malloc.h>
 #include <optional>
 #include <string>
 
@@ -30,6 +32,11 @@ std::optional<kvferry::config::settings> load_settings(const std::string& path) 
 } // namespace
 
 int main(int argc, char** argv) {
+  // ZeroMQ allocates every received frame with malloc. glibc's default returns frames above 128 KiB
+  // to the kernel and maps them again (page faults on every 1 MiB slice); keep them in the heap.
+  // See docs/PERFORMANCE.md: an engine embedded elsewhere benefits from the same two settings.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   CLI::App app{"kvferry: moves LLM KV cache between machines, every transfer resolved exactly once"};
   app.require_subcommand(1);
   std::string config_path;

@@ -12,6 +12,9 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 
+/// WRITE payloads up to this size are copied into the frame instead of lent by reference.
+constexpr uint64_t small_copy_bytes = 16 << 10;
+
 bool retryable_status(errc code) noexcept {
   switch (code) {
     case errc::transport_failure:
@@ -263,7 +266,9 @@ void tcp_path::send_entry(uint32_t index, uint64_t id, entry& e) {
   try {
     if (e.op.op == opcode::write) {
       zmq::message_t payload;
-      if (e.op.local_where.is_device()) {
+      if (e.op.local_where.is_device() || e.op.length <= small_copy_bytes) {
+        // Device memory is staged through host memory; small payloads are cheaper to copy than
+        // to lend to zmq (and a copied payload needs no release before a withdrawal completes).
         payload.rebuild(e.op.length);
         if (auto err = memory::copy_bytes(payload.data(), memory::location{},
                                           reinterpret_cast<const void*>(e.op.local_addr),

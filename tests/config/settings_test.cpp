@@ -158,13 +158,14 @@ BOOST_AUTO_TEST_CASE(minimal_document_keeps_defaults) {
 
 BOOST_AUTO_TEST_CASE(kvferry_object) {
   auto r = config::parse(
-    doc(R"("kvferry":{"slice_size":"4KiB","tcp_slice_size":"2MiB","worker_count":4,)"
+    doc(R"("kvferry":{"slice_size":"4KiB","tcp_slice_size":"2MiB","worker_count":4,"tcp_worker_count":3,)"
         R"("task_deadline_ms":250,"retry_limit":0,"rpc_port":17000,"data_port":17001,)"
         R"("log_level":"debug"})"),
     "kv.json");
   BOOST_REQUIRE_MESSAGE(r, why(r));
   BOOST_CHECK_EQUAL(r->slice_size, 4096u);
   BOOST_CHECK_EQUAL(r->tcp_slice_size, 2u << 20);
+  BOOST_CHECK_EQUAL(r->tcp_worker_count, 3u);
   BOOST_CHECK_EQUAL(r->worker_count, 4u);
   BOOST_CHECK_EQUAL(r->task_deadline.count(), 250);
   BOOST_CHECK_EQUAL(r->retry_limit, 0u);
@@ -467,6 +468,7 @@ BOOST_AUTO_TEST_CASE(kvferry_values_out_of_range) {
   struct { std::string_view member; std::string_view field; std::string_view value; } cases[] = {
     {R"("worker_count":0)", "'kvferry.worker_count'", "0"},
     {R"("worker_count":65)", "'kvferry.worker_count'", "65"},
+    {R"("tcp_worker_count":0)", "'kvferry.tcp_worker_count'", "0"},
     {R"("task_deadline_ms":0)", "'kvferry.task_deadline_ms'", "0"},
     {R"("task_deadline_ms":86400001)", "'kvferry.task_deadline_ms'", "86400001"},
     {R"("retry_limit":101)", "'kvferry.retry_limit'", "101"},

@@ -131,6 +131,7 @@ config::settings initiator_settings(std::chrono::milliseconds deadline, uint32_t
   s.local_hostname = "127.0.0.1";
   s.task_deadline = deadline;
   s.worker_count = workers;
+  s.tcp_worker_count = workers; // TCP connections per peer
   s.log_level = "warn";
   return s;
 }
