@@ -318,11 +318,6 @@ void compact_deadlines(coordinator_state& st) {
   st.deadlines = decltype(st.deadlines)(std::greater<>{}, std::move(kept));
 }
 
-std::string hex(uint64_t x) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(x));
-  return buf;
-}
 
 void cancel_all(coordinator_state& st, const std::string& reason) {
   for (uint32_t slot = 0; slot < st.tasks.size(); ++slot)

@@ -8,8 +8,9 @@
 ///   submit(submission)                     split the tasks into slices and dispatch them
 ///   report(worker_index, completions)      slice outcomes, from workers (late ones are counted)
 ///   deadline                               (to itself) resolve tasks whose deadline passed
-///   free(batch) -> bool                    cancel the batch's unresolved tasks; replies when their
-///                                          slices are withdrawn from every worker
+///   free(batch) -> bool                    cancel the batch's unresolved tasks; replies once every
+///                                          withdrawal sent so far (this batch's and earlier ones)
+///                                          is confirmed by its worker
 ///   stats -> coordinator_stats             counters, for tests and benchmarks
 ///   stop -> bool                           cancel everything, stop the workers, quit
 /// and it sends, for a submission with notify, once its last task resolved and only if all of them

@@ -22,11 +22,6 @@ constexpr size_t max_batch_capacity = 1u << 20;
 /// How long a blocking call waits for an actor's answer.
 constexpr auto call_timeout = std::chrono::seconds(30);
 
-std::string hex(uint64_t x) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(x));
-  return buf;
-}
 
 /// Sends a request and blocks for the answer.
 template <class Result, class Handle, class... Ts>
@@ -37,6 +32,11 @@ caf::expected<Result> ask(caf::actor_system& sys, const Handle& dest, caf::times
   self->request(dest, timeout, std::forward<Ts>(xs)...)
     .receive([&](Result& r) { out = std::move(r); }, [&](caf::error& err) { out = std::move(err); });
   return out;
+}
+
+caf::error no_such_batch(const char* call, batch_id batch) {
+  return make_error(errc::unknown_batch, std::string(call) + " batch " + std::to_string(batch)
+                                           + ": no such batch (never allocated or already freed)");
 }
 
 caf::error stopped_error() {
@@ -331,8 +331,7 @@ caf::error transfer_engine::free_batch(batch_id batch) {
     std::unique_lock<std::shared_mutex> guard(batches_mutex_);
     auto it = batches_.find(batch);
     if (it == batches_.end())
-      return make_error(errc::unknown_batch, "free batch " + std::to_string(batch)
-                                               + ": no such batch (never allocated or already freed)");
+      return no_such_batch("free", batch);
     board = std::move(it->second);
     batches_.erase(it);
   }
@@ -355,8 +354,7 @@ caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
                                                 + ": no requests");
   auto board = find_batch(batch);
   if (!board)
-    return make_error(errc::unknown_batch, "submit to batch " + std::to_string(batch)
-                                             + ": no such batch (never allocated or already freed)");
+    return no_such_batch("submit to", batch);
   if (requests.size() > board->capacity())
     return make_error(errc::batch_full, "submit " + std::to_string(requests.size())
                                           + " requests to batch " + std::to_string(batch)
@@ -448,8 +446,7 @@ caf::expected<transfer_status> transfer_engine::status(batch_id batch, uint32_t 
     return stopped_error();
   auto board = find_batch(batch);
   if (!board)
-    return make_error(errc::unknown_batch, "status of batch " + std::to_string(batch)
-                                             + ": no such batch (never allocated or already freed)");
+    return no_such_batch("status of", batch);
   if (task >= board->reserved())
     return make_error(errc::unknown_task, "status of batch " + std::to_string(batch) + ": task "
                                             + std::to_string(task) + " does not exist ("
@@ -462,8 +459,7 @@ caf::expected<batch_summary> transfer_engine::batch_status(batch_id batch) const
     return stopped_error();
   auto board = find_batch(batch);
   if (!board)
-    return make_error(errc::unknown_batch, "status of batch " + std::to_string(batch)
-                                             + ": no such batch (never allocated or already freed)");
+    return no_such_batch("status of", batch);
   return board->summary();
 }
 
@@ -473,8 +469,7 @@ caf::expected<batch_summary> transfer_engine::wait(batch_id batch,
     return stopped_error();
   auto board = find_batch(batch);
   if (!board)
-    return make_error(errc::unknown_batch, "wait for batch " + std::to_string(batch)
-                                             + ": no such batch (never allocated or already freed)");
+    return no_such_batch("wait for", batch);
   if (!board->wait_until(std::chrono::steady_clock::now() + timeout)) {
     auto s = board->summary();
     return make_error(errc::timeout, "wait for batch " + std::to_string(batch) + ": "

@@ -1,5 +1,7 @@
 #include "config/error.hpp"
 
+#include <cstdio>
+
 #include <caf/atom.hpp>
 #include <caf/message.hpp>
 #include <caf/sec.hpp>
@@ -29,6 +31,12 @@ const char* to_string(errc code) noexcept {
     case errc::stale_incarnation: return "stale_incarnation";
   }
   return "unknown_error_code";
+}
+
+std::string hex(uint64_t value) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(value));
+  return buf;
 }
 
 caf::error make_error(errc code, std::string context) {

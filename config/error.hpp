@@ -63,6 +63,9 @@ inline constexpr errc errc_last = errc::stale_incarnation;
 /// Builds an error with a human-readable context.
 [[nodiscard]] caf::error make_error(errc code, std::string context);
 
+/// "0x7f00..." for addresses in error messages.
+[[nodiscard]] std::string hex(uint64_t value);
+
 /// Renders any error, kvferry's or CAF's, as "code: context".
 [[nodiscard]] std::string describe(const caf::error& err);
 

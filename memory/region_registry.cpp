@@ -9,11 +9,6 @@ namespace kvferry::memory {
 
 namespace {
 
-std::string hex(uint64_t x) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(x));
-  return buf;
-}
 
 std::string range_text(uint64_t base, uint64_t len) {
   return "[" + hex(base) + ", " + hex(base + len) + ")";
@@ -22,13 +17,7 @@ std::string range_text(uint64_t base, uint64_t len) {
 } // namespace
 
 const region* region_table::find(uint64_t addr, uint64_t len) const noexcept {
-  // Last region whose base <= addr.
-  auto it = std::upper_bound(regions_.begin(), regions_.end(), addr,
-                             [](uint64_t a, const region& r) { return a < r.base; });
-  if (it == regions_.begin())
-    return nullptr;
-  --it;
-  return it->contains(addr, len) ? &*it : nullptr;
+  return find_containing<region>(regions_, addr, len);
 }
 
 const region* region_table::find_base(uint64_t base) const noexcept {

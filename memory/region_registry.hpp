@@ -15,6 +15,7 @@
 #include <caf/expected.hpp>
 
 #include "memory/location.hpp"
+#include "memory/range_lookup.hpp"
 
 namespace kvferry::memory {
 
@@ -26,7 +27,7 @@ struct region {
   [[nodiscard]] uint64_t end() const noexcept { return base + length; }
   /// True when [addr, addr+len) lies inside this region (len > 0, no wrap-around).
   [[nodiscard]] bool contains(uint64_t addr, uint64_t len) const noexcept {
-    return len > 0 && addr >= base && addr - base <= length && len <= length - (addr - base);
+    return range_contains(base, length, addr, len);
   }
 };
 

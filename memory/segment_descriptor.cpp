@@ -7,12 +7,7 @@
 namespace kvferry::memory {
 
 const region_descriptor* segment_descriptor::find(uint64_t addr, uint64_t len) const noexcept {
-  auto it = std::upper_bound(regions.begin(), regions.end(), addr,
-                             [](uint64_t a, const region_descriptor& r) { return a < r.base; });
-  if (it == regions.begin())
-    return nullptr;
-  --it;
-  return it->contains(addr, len) ? &*it : nullptr;
+  return find_containing<region_descriptor>(regions, addr, len);
 }
 
 const transport_endpoint* segment_descriptor::endpoint(const std::string& kind) const noexcept {

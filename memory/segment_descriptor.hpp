@@ -10,6 +10,8 @@
 #include <caf/error.hpp>
 #include <caf/meta/type_name.hpp>
 
+#include "memory/range_lookup.hpp"
+
 namespace kvferry::memory {
 
 struct region_descriptor {
@@ -21,7 +23,7 @@ struct region_descriptor {
   uint32_t remote_key = 0;
 
   [[nodiscard]] bool contains(uint64_t addr, uint64_t len) const noexcept {
-    return len > 0 && addr >= base && addr - base <= length && len <= length - (addr - base);
+    return range_contains(base, length, addr, len);
   }
   friend bool operator==(const region_descriptor&, const region_descriptor&) = default;
 };

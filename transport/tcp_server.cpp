@@ -23,11 +23,6 @@ void release_reply(void*, void* hint) {
 /// READ replies up to this size are copied into the reply instead of sent by reference.
 constexpr uint64_t small_copy_bytes = 16 << 10;
 
-std::string hex(uint64_t x) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(x));
-  return buf;
-}
 
 } // namespace
 
