@@ -261,8 +261,10 @@ void flush(self_pointer self) {
   auto& st = self->state;
   for (size_t w = 0; w < st.workers.size(); ++w) {
     if (!st.outbox_post[w].empty()) {
+      auto sent = st.outbox_post[w].size();
       self->send(st.workers[w].handle, post_atom::value, std::move(st.outbox_post[w]));
       st.outbox_post[w] = {};
+      st.outbox_post[w].reserve(sent); // the next batch is likely as large: no regrowth
     }
   }
   for (size_t w = 0; w < st.workers.size(); ++w) {
