@@ -12,8 +12,12 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 
-/// WRITE payloads up to this size are copied into the frame instead of lent by reference.
+/// WRITE payloads up to this size are copied into the frame instead of lent by reference, and
+/// slices up to this size travel several to a frame.
 constexpr uint64_t small_copy_bytes = 16 << 10;
+/// Most slices, and most payload bytes, in one frame of small slices.
+constexpr size_t batch_entries = 64;
+constexpr uint64_t batch_bytes = 256 << 10;
 
 bool retryable_status(errc code) noexcept {
   switch (code) {
@@ -327,9 +331,104 @@ void tcp_path::pump(uint32_t index) {
     }
     if (peer.in_flight > 0 && peer.bytes_in_flight + it->second.op.length > options_.window_bytes)
       break;
-    peer.waiting.pop_front();
-    send_entry(index, id, it->second);
+    if (it->second.op.length > small_copy_bytes) {
+      peer.waiting.pop_front();
+      send_entry(index, id, it->second);
+      continue;
+    }
+    // Small slices travel together: one frame pair for up to batch_entries of them.
+    batch_ids_.clear();
+    uint64_t bytes = 0;
+    while (!peer.waiting.empty() && batch_ids_.size() < batch_entries
+           && peer.in_flight + batch_ids_.size() < options_.window_slices) {
+      auto next = peer.waiting.front();
+      auto found = pending_.find(next);
+      if (found == pending_.end() || found->second.sent) {
+        peer.waiting.pop_front();
+        continue;
+      }
+      auto length = found->second.op.length;
+      if (length > small_copy_bytes || (!batch_ids_.empty() && bytes + length > batch_bytes))
+        break;
+      peer.waiting.pop_front();
+      batch_ids_.push_back(next);
+      bytes += length;
+    }
+    if (batch_ids_.size() == 1)
+      send_entry(index, batch_ids_.front(), pending_.find(batch_ids_.front())->second);
+    else if (!batch_ids_.empty())
+      send_batch(index);
   }
+}
+
+void tcp_path::send_batch(uint32_t index) {
+  auto& peer = *peers_[index];
+  // WRITE payloads, copied back to back (small slices only reach here).
+  uint64_t write_total = 0;
+  for (auto id : batch_ids_) {
+    const auto& op = pending_.find(id)->second.op;
+    if (op.op == opcode::write)
+      write_total += op.length;
+  }
+  zmq::message_t payload(write_total);
+  auto* out = static_cast<uint8_t*>(payload.data());
+  uint64_t at = 0;
+  size_t kept = 0;
+  for (auto id : batch_ids_) {
+    auto& e = pending_.find(id)->second;
+    if (e.op.op == opcode::write) {
+      if (memory::copy_bytes(out + at, memory::location{},
+                             reinterpret_cast<const void*>(e.op.local_addr), e.op.local_where,
+                             e.op.length)) {
+        complete(id, errc::transport_failure, false, 0);
+        pending_.erase(id);
+        continue;
+      }
+      at += e.op.length;
+    }
+    batch_ids_[kept++] = id;
+  }
+  batch_ids_.resize(kept);
+  if (batch_ids_.empty())
+    return;
+  if (at != write_total) { // a staging copy failed: send only the bytes gathered
+    zmq::message_t exact(out, at);
+    payload.move(exact);
+  }
+  zmq::message_t header(batch_ids_.size() * wire::request_header_size);
+  auto* h = static_cast<uint8_t*>(header.data());
+  for (size_t i = 0; i < batch_ids_.size(); ++i) {
+    const auto& op = pending_.find(batch_ids_[i])->second.op;
+    wire::request_header r;
+    r.op = op.op == opcode::write ? wire::frame_op::write : wire::frame_op::read;
+    r.id = batch_ids_[i];
+    r.incarnation = peer.incarnation;
+    r.remote_addr = op.remote_addr;
+    r.length = op.length;
+    wire::encode(r, h + i * wire::request_header_size);
+  }
+  try {
+    if (at > 0) {
+      peer.socket->send(header, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+      peer.socket->send(payload, zmq::send_flags::dontwait);
+    } else {
+      peer.socket->send(header, zmq::send_flags::dontwait);
+    }
+  } catch (const zmq::error_t& err) {
+    log::warn("tcp data path: send to '{}' failed: {}", peer.name, err.what());
+    for (auto id : batch_ids_) {
+      complete(id, errc::transport_failure, true, 0);
+      pending_.erase(id);
+    }
+    return;
+  }
+  for (auto id : batch_ids_) {
+    auto& e = pending_.find(id)->second;
+    e.sent = true;
+    ++peer.in_flight;
+    peer.bytes_in_flight += e.op.length;
+  }
+  sent_.fetch_add(batch_ids_.size(), std::memory_order_relaxed);
 }
 
 void tcp_path::receive(uint32_t index) {
@@ -340,59 +439,82 @@ void tcp_path::receive(uint32_t index) {
       break;
     zmq::message_t data;
     bool has_data = false;
-    bool extra = false;
+    const char* problem = nullptr;
     if (header.more()) {
       (void) peer.socket->recv(data, zmq::recv_flags::dontwait);
       has_data = true;
       while (data.more()) { // more frames than the protocol has: drain and refuse
         zmq::message_t junk;
-        extra = true;
+        problem = "too many frames";
         if (!peer.socket->recv(junk, zmq::recv_flags::dontwait) || !junk.more())
           break;
       }
     }
-    wire::reply_header reply;
-    wire::decode_error derr{};
-    if (extra || !wire::decode(header.data(), header.size(), reply, derr)) {
+    // Decode every entry and check the data frame's layout before using any of it.
+    size_t n = header.size() / wire::reply_header_size;
+    if (problem == nullptr
+        && (header.size() == 0 || header.size() % wire::reply_header_size != 0
+            || n > wire::max_entries))
+      problem = wire::to_string(wire::decode_error::size);
+    uint64_t flagged = 0;
+    replies_in_.resize(problem ? 0 : n);
+    for (size_t i = 0; problem == nullptr && i < n; ++i) {
+      wire::decode_error derr{};
+      if (!wire::decode(static_cast<const uint8_t*>(header.data()) + i * wire::reply_header_size,
+                        wire::reply_header_size, replies_in_[i], derr))
+        problem = wire::to_string(derr);
+      else if (replies_in_[i].payload)
+        flagged += replies_in_[i].bytes;
+    }
+    if (problem == nullptr && flagged != (has_data ? data.size() : 0))
+      problem = "data frame does not match the flagged entries";
+    if (problem != nullptr) {
       if (malformed_replies_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0)
-        log::warn("tcp data path: malformed reply from '{}' ({})", peer.name,
-                  extra ? "too many frames" : wire::to_string(derr));
+        log::warn("tcp data path: malformed reply from '{}' ({})", peer.name, problem);
       continue;
     }
-    auto it = pending_.find(reply.id);
-    if (it == pending_.end() || it->second.op.peer != index || !it->second.sent) {
-      unmatched_replies_.fetch_add(1, std::memory_order_relaxed);
-      continue;
+    const auto* bytes = has_data ? static_cast<const uint8_t*>(data.data()) : nullptr;
+    uint64_t at = 0;
+    for (const auto& reply : replies_in_) {
+      handle_reply(index, reply, reply.payload ? bytes + at : nullptr);
+      if (reply.payload)
+        at += reply.bytes;
     }
-    auto& e = it->second;
-    --peer.in_flight;
-    peer.bytes_in_flight -= e.op.length;
-    replies_.fetch_add(1, std::memory_order_relaxed);
-    if (e.withdrawn) {
-      // Withdrawn: no byte moves; the report is late and the coordinator counts it.
-      complete(reply.id, reply.status, false, 0);
-      pending_.erase(it);
-      continue;
-    }
-    if (reply.status != errc::none) {
-      complete(reply.id, reply.status, retryable_status(reply.status), 0);
-    } else if (e.op.op == opcode::read) {
-      if (!has_data || data.size() != e.op.length || reply.bytes != e.op.length) {
-        complete(reply.id, errc::malformed_frame, true, 0);
-      } else if (auto err = memory::copy_bytes(reinterpret_cast<void*>(e.op.local_addr),
-                                               e.op.local_where, data.data(), memory::location{},
-                                               e.op.length)) {
-        complete(reply.id, errc::transport_failure, false, 0);
-      } else {
-        complete(reply.id, errc::none, false, e.op.length);
-      }
-    } else if (reply.bytes != e.op.length || has_data) {
+  }
+}
+
+void tcp_path::handle_reply(uint32_t index, const wire::reply_header& reply,
+                            const uint8_t* data) {
+  auto& peer = *peers_[index];
+  auto it = pending_.find(reply.id);
+  if (it == pending_.end() || it->second.op.peer != index || !it->second.sent) {
+    unmatched_replies_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  auto& e = it->second;
+  --peer.in_flight;
+  peer.bytes_in_flight -= e.op.length;
+  replies_.fetch_add(1, std::memory_order_relaxed);
+  if (e.withdrawn) {
+    // Withdrawn: no byte moves; the report is late and the coordinator counts it.
+    complete(reply.id, reply.status, false, 0);
+  } else if (reply.status != errc::none) {
+    complete(reply.id, reply.status, retryable_status(reply.status), 0);
+  } else if (e.op.op == opcode::read) {
+    if (data == nullptr || reply.bytes != e.op.length) {
       complete(reply.id, errc::malformed_frame, true, 0);
+    } else if (memory::copy_bytes(reinterpret_cast<void*>(e.op.local_addr), e.op.local_where,
+                                  data, memory::location{}, e.op.length)) {
+      complete(reply.id, errc::transport_failure, false, 0);
     } else {
       complete(reply.id, errc::none, false, e.op.length);
     }
-    pending_.erase(it);
+  } else if (reply.bytes != e.op.length || data != nullptr) {
+    complete(reply.id, errc::malformed_frame, true, 0);
+  } else {
+    complete(reply.id, errc::none, false, e.op.length);
   }
+  pending_.erase(it);
 }
 
 void tcp_path::handle_monitor(uint32_t index) {

@@ -27,6 +27,7 @@
 #include <zmq.hpp>
 
 #include "transport/data_path.hpp"
+#include "transport/tcp_wire.hpp"
 #include "transport/zmq_support.hpp"
 
 namespace kvferry::transport {
@@ -80,7 +81,9 @@ private:
   void reset_peer(uint32_t index, errc code);
   void pump(uint32_t index);
   void send_entry(uint32_t index, uint64_t id, entry& e);
+  void send_batch(uint32_t index);
   void receive(uint32_t index);
+  void handle_reply(uint32_t index, const wire::reply_header& reply, const uint8_t* data);
   void handle_monitor(uint32_t index);
   void check_timers();
   void complete(uint64_t id, errc code, bool retryable, uint64_t bytes);
@@ -110,6 +113,8 @@ private:
   std::unordered_map<uint64_t, entry> pending_;
   std::vector<withdrawal> withdrawals_;
   std::vector<slice_completion> completions_;
+  std::vector<uint64_t> batch_ids_;           // slices of the frame being built
+  std::vector<wire::reply_header> replies_in_; // entries of the reply being read
   uint64_t next_monitor_ = 0;
   std::thread thread_;
 };

@@ -138,7 +138,7 @@ void tcp_server::run() {
 }
 
 void tcp_server::serve_one(zmq::socket_t& socket, const memory::region_table& regions) {
-  // Read the whole multipart message: [identity][header][data?]; anything else is malformed.
+  // Read the whole multipart message: [identity][headers][data?]; anything else is malformed.
   zmq::message_t parts[3];
   size_t count = 0;
   bool more = true;
@@ -156,68 +156,113 @@ void tcp_server::serve_one(zmq::socket_t& socket, const memory::region_table& re
     refuse_frame("expected a header and at most one data frame", count - 1, count > 1 ? parts[1].size() : 0);
     return;
   }
-  wire::request_header req;
-  wire::decode_error derr{};
-  if (!wire::decode(parts[1].data(), parts[1].size(), req, derr)) {
-    refuse_frame(wire::to_string(derr), count - 1, parts[1].size());
+  // Decode and check every entry before touching memory; one bad entry refuses the message.
+  const auto header_bytes = parts[1].size();
+  if (header_bytes == 0 || header_bytes % wire::request_header_size != 0
+      || header_bytes / wire::request_header_size > wire::max_entries) {
+    refuse_frame(wire::to_string(wire::decode_error::size), count - 1, header_bytes);
     return;
   }
-  bool has_data = count == 3;
-  if ((req.op == wire::frame_op::write) != has_data
-      || (has_data && parts[2].size() != req.length)) {
-    refuse_frame("data frame missing, unexpected or of the wrong size", count - 1, parts[1].size());
+  const size_t n = header_bytes / wire::request_header_size;
+  entries_.resize(n);
+  uint64_t write_total = 0, read_total = 0;
+  const auto* raw = static_cast<const uint8_t*>(parts[1].data());
+  for (size_t i = 0; i < n; ++i) {
+    wire::decode_error derr{};
+    if (!wire::decode(raw + i * wire::request_header_size, wire::request_header_size, entries_[i],
+                      derr)) {
+      refuse_frame(wire::to_string(derr), count - 1, header_bytes);
+      return;
+    }
+    (entries_[i].op == wire::frame_op::write ? write_total : read_total) += entries_[i].length;
+  }
+  const bool has_data = count == 3;
+  if ((write_total > 0) != has_data || (has_data && parts[2].size() != write_total)) {
+    refuse_frame("data frame missing, unexpected or of the wrong size", count - 1, header_bytes);
     return;
   }
-  requests_.fetch_add(1, std::memory_order_relaxed);
-  wire::reply_header reply{errc::none, req.id, 0};
-  const memory::region* region = nullptr;
-  if (req.incarnation != 0 && req.incarnation != options_.incarnation) {
-    reply.status = errc::stale_incarnation;
-  } else if ((region = regions.find(req.remote_addr, req.length)) == nullptr) {
-    reply.status = errc::out_of_range;
+  if (n > 1 && read_total > wire::max_frame_payload) {
+    refuse_frame("the READ entries' reply would exceed the 64 MiB frame limit", count - 1,
+                 header_bytes);
+    return;
   }
-  if (reply.status != errc::none) {
-    auto n = refused_.fetch_add(1, std::memory_order_relaxed);
-    if (n < 10 || n % 1000 == 0)
-      log::info("segment '{}': refused {} of [{}, +{}): {}", options_.segment_name,
-                req.op == wire::frame_op::write ? "WRITE" : "READ", hex(req.remote_addr),
-                req.length, to_string(reply.status));
+  requests_.fetch_add(n, std::memory_order_relaxed);
+  // Statuses first (so the reply's data frame can be sized), then the copies.
+  replies_.resize(n);
+  regions_.resize(n);
+  uint64_t reply_bytes = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& req = entries_[i];
+    auto& reply = replies_[i];
+    reply = wire::reply_header{errc::none, req.id, 0, false};
+    regions_[i] = nullptr;
+    if (req.incarnation != 0 && req.incarnation != options_.incarnation)
+      reply.status = errc::stale_incarnation;
+    else if ((regions_[i] = regions.find(req.remote_addr, req.length)) == nullptr)
+      reply.status = errc::out_of_range;
+    if (reply.status != errc::none) {
+      auto refused = refused_.fetch_add(1, std::memory_order_relaxed);
+      if (refused < 10 || refused % 1000 == 0)
+        log::info("segment '{}': refused {} of [{}, +{}): {}", options_.segment_name,
+                  req.op == wire::frame_op::write ? "WRITE" : "READ", hex(req.remote_addr),
+                  req.length, to_string(reply.status));
+    } else if (req.op == wire::frame_op::read) {
+      // Its bytes take a place in the data frame, whatever the copy below does.
+      reply.payload = true;
+      reply.bytes = req.length;
+      reply_bytes += req.length;
+    }
   }
-  zmq::message_t header(wire::reply_header_size);
   zmq::message_t payload;
-  bool send_payload = false;
-  if (reply.status == errc::none && req.op == wire::frame_op::write) {
-    auto err = memory::copy_bytes(reinterpret_cast<void*>(req.remote_addr), region->where,
-                                  parts[2].data(), memory::location{}, req.length);
-    if (err) {
-      reply.status = errc::transport_failure;
-    } else {
-      reply.bytes = req.length;
-      writes_.fetch_add(1, std::memory_order_relaxed);
-      bytes_.fetch_add(req.length, std::memory_order_relaxed);
-    }
-  } else if (reply.status == errc::none) {
-    if (region->where.is_device() || req.length <= small_copy_bytes) {
-      // Device memory is staged through host memory; small host payloads are cheaper to copy
-      // than to hand to zmq by reference (and a copy never pins the region).
-      payload.rebuild(req.length);
-      if (memory::copy_bytes(payload.data(), memory::location{},
-                             reinterpret_cast<const void*>(req.remote_addr), region->where,
-                             req.length))
+  const auto& only = entries_[0];
+  bool lend = n == 1 && replies_[0].payload && !regions_[0]->where.is_device()
+              && only.length > small_copy_bytes;
+  if (lend) {
+    // One large READ: send straight from registered memory.
+    outstanding_->fetch_add(1, std::memory_order_acq_rel);
+    payload.rebuild(reinterpret_cast<void*>(only.remote_addr), only.length, release_reply,
+                    new std::shared_ptr<std::atomic<int64_t>>(outstanding_));
+  } else if (reply_bytes > 0) {
+    payload.rebuild(reply_bytes);
+  }
+  const auto* write_data = has_data ? static_cast<const uint8_t*>(parts[2].data()) : nullptr;
+  auto* read_data = static_cast<uint8_t*>(payload.data());
+  uint64_t write_at = 0, read_at = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& req = entries_[i];
+    auto& reply = replies_[i];
+    bool write = req.op == wire::frame_op::write;
+    if (write) {
+      if (reply.status == errc::none) {
+        if (memory::copy_bytes(reinterpret_cast<void*>(req.remote_addr), regions_[i]->where,
+                               write_data + write_at, memory::location{}, req.length)) {
+          reply.status = errc::transport_failure;
+        } else {
+          reply.bytes = req.length;
+          writes_.fetch_add(1, std::memory_order_relaxed);
+          bytes_.fetch_add(req.length, std::memory_order_relaxed);
+        }
+      }
+      write_at += req.length;
+    } else if (reply.payload) {
+      // A failed copy keeps its place in the data frame (flagged, with an error status), so the
+      // entries after it stay where the initiator expects them.
+      if (!lend
+          && memory::copy_bytes(read_data + read_at, memory::location{},
+                                reinterpret_cast<const void*>(req.remote_addr),
+                                regions_[i]->where, req.length)) {
         reply.status = errc::transport_failure;
-    } else {
-      outstanding_->fetch_add(1, std::memory_order_acq_rel);
-      payload.rebuild(reinterpret_cast<void*>(req.remote_addr), req.length, release_reply,
-                      new std::shared_ptr<std::atomic<int64_t>>(outstanding_));
-    }
-    if (reply.status == errc::none) {
-      reply.bytes = req.length;
-      send_payload = true;
-      reads_.fetch_add(1, std::memory_order_relaxed);
-      bytes_.fetch_add(req.length, std::memory_order_relaxed);
+      } else {
+        reads_.fetch_add(1, std::memory_order_relaxed);
+        bytes_.fetch_add(req.length, std::memory_order_relaxed);
+      }
+      read_at += req.length;
     }
   }
-  wire::encode(reply, static_cast<uint8_t*>(header.data()));
+  zmq::message_t header(n * wire::reply_header_size);
+  for (size_t i = 0; i < n; ++i)
+    wire::encode(replies_[i], static_cast<uint8_t*>(header.data()) + i * wire::reply_header_size);
+  bool send_payload = payload.size() > 0;
   try {
     if (!socket.send(parts[0], zmq::send_flags::sndmore | zmq::send_flags::dontwait))
       return;

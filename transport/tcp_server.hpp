@@ -15,11 +15,13 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <caf/expected.hpp>
 #include <zmq.hpp>
 
 #include "memory/region_registry.hpp"
+#include "transport/tcp_wire.hpp"
 #include "transport/zmq_support.hpp"
 
 namespace kvferry::transport {
@@ -91,6 +93,10 @@ private:
   std::shared_ptr<std::atomic<int64_t>> outstanding_;
   std::atomic<uint64_t> requests_{0}, reads_{0}, writes_{0}, bytes_{0}, refused_{0};
   log_limiter malformed_;
+  // Scratch space of the serving thread, reused across messages.
+  std::vector<wire::request_header> entries_;
+  std::vector<wire::reply_header> replies_;
+  std::vector<const memory::region*> regions_;
   std::thread thread_;
 };
 

@@ -1,14 +1,17 @@
 #pragma once
 /// kvferry's ZeroMQ TCP data-plane frames. Little-endian, fixed size, versioned.
 ///
-/// request  = [request header (48 bytes)] [data (WRITE only, exactly `length` bytes)]
-/// reply    = [reply header (32 bytes)]   [data (successful READ only, exactly `length` bytes)]
+/// request = [N request headers (N x 48 bytes)] [data: the WRITE entries' bytes, in order]
+/// reply   = [N reply headers (N x 32 bytes)]     [data: the successful READ entries' bytes, in order]
+/// N is 1 to max_entries. The data frame is present exactly when it is not empty. Small slices
+/// travel N to a frame (fewer frames and wake-ups); a large one travels alone, its READ reply sent
+/// from registered memory without a copy.
 ///
 /// request header: magic u32 "KVFQ" | version u16 | op u8 | reserved u8 | id u64 |
 ///                 incarnation u64 (the target incarnation the initiator addressed; 0 = any) |
 ///                 remote_addr u64 | length u64 | reserved u64
-/// reply header:   magic u32 "KVFR" | version u16 | status u8 (errc) | reserved u8 | id u64 |
-///                 bytes u64 | reserved u64
+/// reply header:   magic u32 "KVFR" | version u16 | status u8 (errc) | flags u8 (bit 0: `bytes`
+///                 bytes of this entry are in the data frame) | id u64 | bytes u64 | reserved u64
 ///
 /// Everything a peer sends is decoded with these functions, which reject wrong sizes, magic,
 /// versions, opcodes and lengths instead of trusting them.
@@ -26,8 +29,10 @@ inline constexpr uint32_t reply_magic = 0x5246564b;   // "KVFR"
 inline constexpr uint16_t version = 1;
 inline constexpr size_t request_header_size = 48;
 inline constexpr size_t reply_header_size = 32;
-/// Largest slice a target accepts in one frame.
+/// Largest slice, and largest data frame, a target accepts or sends.
 inline constexpr uint64_t max_frame_payload = 64ULL << 20;
+/// Most entries in one request.
+inline constexpr size_t max_entries = 1024;
 
 enum class frame_op : uint8_t { read = 0, write = 1 };
 
@@ -43,6 +48,8 @@ struct reply_header {
   errc status = errc::none;
   uint64_t id = 0;
   uint64_t bytes = 0;
+  /// The entry's `bytes` bytes are in the reply's data frame (a successful READ).
+  bool payload = false;
 };
 
 namespace detail {
@@ -70,6 +77,7 @@ inline void encode(const reply_header& h, uint8_t* out) {
   detail::put32(out, reply_magic);
   detail::put16(out + 4, version);
   out[6] = static_cast<uint8_t>(h.status);
+  out[7] = h.payload ? 1 : 0;
   detail::put64(out + 8, h.id);
   detail::put64(out + 16, h.bytes);
 }
@@ -135,11 +143,12 @@ enum class decode_error : uint8_t { size, magic, version, opcode, length };
     err = decode_error::version;
     return false;
   }
-  if (p[6] > static_cast<uint8_t>(errc_last)) {
+  if (p[6] > static_cast<uint8_t>(errc_last) || p[7] > 1) {
     err = decode_error::opcode;
     return false;
   }
   out.status = static_cast<errc>(p[6]);
+  out.payload = p[7] == 1;
   out.id = detail::get64(p + 8);
   out.bytes = detail::get64(p + 16);
   if (out.bytes > max_frame_payload) {

@@ -917,14 +917,29 @@ BOOST_AUTO_TEST_CASE(garbage_on_data_and_control_ports_is_refused_and_node_keeps
              junk_data(1)});                                                // 4 frames
   malformed({header(frame_op::read, 2009, in_range, 100), junk_data(100)}); // READ with data
   malformed({std::vector<uint8_t>{}});                                      // empty frame
+  {
+    auto bad = header(frame_op::read, 2011, in_range, 16);
+    bad[0] ^= 0xff;
+    malformed({concat({header(frame_op::read, 2010, in_range, 16), bad})}); // one bad entry of two
+  }
+  malformed({concat({header(frame_op::write, 2012, in_range, 100),          // vector WRITE data
+                     header(frame_op::write, 2013, in_range + 100, 50)}),   // 100 of 150 bytes
+             junk_data(100)});
+  malformed({concat({header(frame_op::read, 2014, in_range, 16), std::vector<uint8_t>(7, 1)})});
   // Well formed but refused: out of range, stale incarnation. Then a valid READ.
   send_frames({header(frame_op::read, 1001, base + segment_bytes, 16)});
   send_frames({header(frame_op::write, 1002, in_range, 100, 12345), junk_data(100)});
   send_frames({header(frame_op::read, 1003, base + 64, 100)});
-  std::optional<transport::wire::reply_header> out_of_range, stale, valid;
-  std::vector<uint8_t> valid_data;
+  // Several entries in one frame: READ, refused WRITE (its 8 bytes still in the data frame), READ.
+  send_frames({concat({header(frame_op::read, 1004, base + 128, 32),
+                       header(frame_op::write, 1005, base + segment_bytes, 8),
+                       header(frame_op::read, 1006, base + 256, 16)}),
+               junk_data(8)});
+  std::optional<transport::wire::reply_header> out_of_range, stale, valid, vec_a, vec_refused, vec_b;
+  std::vector<uint8_t> valid_data, vec_data;
+  size_t vector_replies = 0;
   auto until = steady::now() + 10s;
-  while ((!out_of_range || !stale || !valid) && steady::now() < until) {
+  while ((!out_of_range || !stale || !valid || !vec_b) && steady::now() < until) {
     zmq::pollitem_t item{dealer.handle(), 0, ZMQ_POLLIN, 0};
     if (zmq::poll(&item, 1, 100ms) <= 0)
       continue;
@@ -933,6 +948,22 @@ BOOST_AUTO_TEST_CASE(garbage_on_data_and_control_ports_is_refused_and_node_keeps
       parts.emplace_back();
       BOOST_REQUIRE(dealer.recv(parts.back()).has_value());
     } while (parts.back().more());
+    if (parts[0].size() > transport::wire::reply_header_size) {
+      // The vector request's reply: one header per entry, flagged READ bytes in the data frame.
+      ++vector_replies;
+      BOOST_REQUIRE_EQUAL(parts[0].size(), 3 * transport::wire::reply_header_size);
+      transport::wire::reply_header r[3];
+      for (size_t i = 0; i < 3; ++i) {
+        transport::wire::decode_error derr{};
+        BOOST_REQUIRE(transport::wire::decode(parts[0].data<uint8_t>() + 32 * i, 32, r[i], derr));
+      }
+      vec_a = r[0];
+      vec_refused = r[1];
+      vec_b = r[2];
+      if (parts.size() > 1)
+        vec_data.assign(parts[1].data<uint8_t>(), parts[1].data<uint8_t>() + parts[1].size());
+      continue;
+    }
     transport::wire::reply_header reply;
     transport::wire::decode_error derr{};
     BOOST_REQUIRE_MESSAGE(transport::wire::decode(parts[0].data(), parts[0].size(), reply, derr),
@@ -959,6 +990,15 @@ BOOST_AUTO_TEST_CASE(garbage_on_data_and_control_ports_is_refused_and_node_keeps
   BOOST_CHECK(valid->status == errc::none && valid->bytes == 100);
   BOOST_REQUIRE_EQUAL(valid_data.size(), 100u);
   BOOST_CHECK(tools::check_pattern(valid_data.data(), 100, fill_seed, 64) == 100);
+  BOOST_REQUIRE_MESSAGE(vec_a && vec_refused && vec_b, "no reply to the vector request");
+  BOOST_CHECK_EQUAL(vector_replies, 1u);
+  BOOST_CHECK(vec_a->id == 1004 && vec_a->status == errc::none && vec_a->payload && vec_a->bytes == 32);
+  BOOST_CHECK(vec_refused->id == 1005 && vec_refused->status == errc::out_of_range
+              && !vec_refused->payload);
+  BOOST_CHECK(vec_b->id == 1006 && vec_b->status == errc::none && vec_b->payload && vec_b->bytes == 16);
+  BOOST_REQUIRE_EQUAL(vec_data.size(), 48u);
+  BOOST_CHECK(tools::check_pattern(vec_data.data(), 32, fill_seed, 128) == 32);
+  BOOST_CHECK(tools::check_pattern(vec_data.data() + 32, 16, fill_seed, 256) == 16);
   dealer.close();
   ctx.close();
 
