@@ -257,53 +257,6 @@ void tcp_path::reset_peer(uint32_t index, errc code) {
   peer.state = peer_state::link::down; // until the new connection is up
 }
 
-void tcp_path::send_entry(uint32_t index, uint64_t id, entry& e) {
-  auto& peer = *peers_[index];
-  wire::request_header h;
-  h.op = e.op.op == opcode::write ? wire::frame_op::write : wire::frame_op::read;
-  h.id = id;
-  h.incarnation = peer.incarnation;
-  h.remote_addr = e.op.remote_addr;
-  h.length = e.op.length;
-  zmq::message_t header(wire::request_header_size);
-  wire::encode(h, static_cast<uint8_t*>(header.data()));
-  try {
-    if (e.op.op == opcode::write) {
-      zmq::message_t payload;
-      if (e.op.local_where.is_device() || e.op.length <= small_copy_bytes) {
-        // Device memory is staged through host memory; small payloads are cheaper to copy than
-        // to lend to zmq (and a copied payload needs no release before a withdrawal completes).
-        payload.rebuild(e.op.length);
-        if (auto err = memory::copy_bytes(payload.data(), memory::location{},
-                                          reinterpret_cast<const void*>(e.op.local_addr),
-                                          e.op.local_where, e.op.length)) {
-          complete(id, errc::transport_failure, false, 0);
-          pending_.erase(id);
-          return;
-        }
-      } else {
-        e.token = std::make_shared<zc_token>();
-        auto* hint = new std::shared_ptr<std::atomic<bool>>(e.token, &e.token->released);
-        payload.rebuild(reinterpret_cast<void*>(e.op.local_addr), e.op.length, release_payload,
-                        hint);
-      }
-      peer.socket->send(header, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-      peer.socket->send(payload, zmq::send_flags::dontwait);
-    } else {
-      peer.socket->send(header, zmq::send_flags::dontwait);
-    }
-  } catch (const zmq::error_t& err) {
-    log::warn("tcp data path: send to '{}' failed: {}", peer.name, err.what());
-    complete(id, errc::transport_failure, true, 0);
-    pending_.erase(id);
-    return;
-  }
-  e.sent = true;
-  ++peer.in_flight;
-  peer.bytes_in_flight += e.op.length;
-  sent_.fetch_add(1, std::memory_order_relaxed);
-}
-
 void tcp_path::pump(uint32_t index) {
   auto& peer = *peers_[index];
   if (peer.state == peer_state::link::down) {
@@ -333,7 +286,8 @@ void tcp_path::pump(uint32_t index) {
       break;
     if (it->second.op.length > small_copy_bytes) {
       peer.waiting.pop_front();
-      send_entry(index, id, it->second);
+      batch_ids_.assign(1, id);
+      send_batch(index);
       continue;
     }
     // Small slices travel together: one frame pair for up to batch_entries of them.
@@ -354,46 +308,56 @@ void tcp_path::pump(uint32_t index) {
       batch_ids_.push_back(next);
       bytes += length;
     }
-    if (batch_ids_.size() == 1)
-      send_entry(index, batch_ids_.front(), pending_.find(batch_ids_.front())->second);
-    else if (!batch_ids_.empty())
+    if (!batch_ids_.empty())
       send_batch(index);
   }
 }
 
 void tcp_path::send_batch(uint32_t index) {
   auto& peer = *peers_[index];
-  // WRITE payloads, copied back to back (small slices only reach here).
-  uint64_t write_total = 0;
-  for (auto id : batch_ids_) {
-    const auto& op = pending_.find(id)->second.op;
-    if (op.op == opcode::write)
-      write_total += op.length;
-  }
-  zmq::message_t payload(write_total);
-  auto* out = static_cast<uint8_t*>(payload.data());
+  zmq::message_t payload;
   uint64_t at = 0;
-  size_t kept = 0;
-  for (auto id : batch_ids_) {
-    auto& e = pending_.find(id)->second;
-    if (e.op.op == opcode::write) {
-      if (memory::copy_bytes(out + at, memory::location{},
-                             reinterpret_cast<const void*>(e.op.local_addr), e.op.local_where,
-                             e.op.length)) {
-        complete(id, errc::transport_failure, false, 0);
-        pending_.erase(id);
-        continue;
-      }
-      at += e.op.length;
+  auto& first = pending_.find(batch_ids_.front())->second;
+  if (batch_ids_.size() == 1 && first.op.op == opcode::write && !first.op.local_where.is_device()
+      && first.op.length > small_copy_bytes) {
+    // One large WRITE: lend registered memory to zmq; withdraw waits until zmq releases it.
+    first.token = std::make_shared<zc_token>();
+    auto* hint = new std::shared_ptr<std::atomic<bool>>(first.token, &first.token->released);
+    payload.rebuild(reinterpret_cast<void*>(first.op.local_addr), first.op.length,
+                    release_payload, hint);
+    at = first.op.length;
+  } else {
+    // Otherwise the WRITE payloads are copied back to back (device memory staged to the host).
+    uint64_t write_total = 0;
+    for (auto id : batch_ids_) {
+      const auto& op = pending_.find(id)->second.op;
+      if (op.op == opcode::write)
+        write_total += op.length;
     }
-    batch_ids_[kept++] = id;
-  }
-  batch_ids_.resize(kept);
-  if (batch_ids_.empty())
-    return;
-  if (at != write_total) { // a staging copy failed: send only the bytes gathered
-    zmq::message_t exact(out, at);
-    payload.move(exact);
+    payload.rebuild(write_total);
+    auto* out = static_cast<uint8_t*>(payload.data());
+    size_t kept = 0;
+    for (auto id : batch_ids_) {
+      auto& e = pending_.find(id)->second;
+      if (e.op.op == opcode::write) {
+        if (memory::copy_bytes(out + at, memory::location{},
+                               reinterpret_cast<const void*>(e.op.local_addr), e.op.local_where,
+                               e.op.length)) {
+          complete(id, errc::transport_failure, false, 0);
+          pending_.erase(id);
+          continue;
+        }
+        at += e.op.length;
+      }
+      batch_ids_[kept++] = id;
+    }
+    batch_ids_.resize(kept);
+    if (batch_ids_.empty())
+      return;
+    if (at != write_total) { // a staging copy failed: send only the bytes gathered
+      zmq::message_t exact(out, at);
+      payload.move(exact);
+    }
   }
   zmq::message_t header(batch_ids_.size() * wire::request_header_size);
   auto* h = static_cast<uint8_t*>(header.data());

@@ -80,7 +80,7 @@ private:
   void close_socket(peer_state& peer);
   void reset_peer(uint32_t index, errc code);
   void pump(uint32_t index);
-  void send_entry(uint32_t index, uint64_t id, entry& e);
+  /// Sends the slices in batch_ids_ (one or more) to peer `index` as one request.
   void send_batch(uint32_t index);
   void receive(uint32_t index);
   void handle_reply(uint32_t index, const wire::reply_header& reply, const uint8_t* data);
