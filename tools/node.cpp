@@ -41,7 +41,7 @@ int run_node(const config::settings& settings, const node_options& options) {
   std::printf("segment name: %s\n", (*engine)->segment_name().c_str());
   std::fflush(stdout);
   int sig = wait_for_stop_signal();
-  log::info("node '{}': stopping on signal {}", (*engine)->segment_name(), sig);
+  log::debug("node '{}': stopping on signal {}", (*engine)->segment_name(), sig);
   auto c = (*engine)->server_counters();
   (*engine)->shutdown();
   std::printf("kvferry node: served %llu requests (%llu reads, %llu writes), %llu refused, "
