@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/checks.hpp"
 #include "actors/runtime.hpp"
 #include "actors/transfer_engine.hpp"
 #include "config/error.hpp"
@@ -30,14 +31,8 @@ using transport::fault_path;
 
 namespace {
 
-template <class T>
-std::string why(const caf::expected<T>& r) {
-  return r ? std::string("ok") : describe(r.error());
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
-}
+using kvferry::test::why;
+using kvferry::test::contains;
 
 void expect_error(const caf::error& err, errc code, std::initializer_list<std::string_view> parts) {
   BOOST_REQUIRE_MESSAGE(err, "expected " << to_string(code) << ", the call succeeded");
@@ -72,17 +67,7 @@ bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds tim
   return true;
 }
 
-struct buffer {
-  size_t size;
-  uint8_t* data;
-  explicit buffer(size_t n) : size(n), data(static_cast<uint8_t*>(std::aligned_alloc(4096, n))) {
-    std::memset(data, 0, n);
-  }
-  ~buffer() { std::free(data); }
-  buffer(const buffer&) = delete;
-  buffer& operator=(const buffer&) = delete;
-  uint64_t addr(size_t offset = 0) const { return reinterpret_cast<uint64_t>(data + offset); }
-};
+using buffer = kvferry::test::aligned_buffer;
 
 constexpr size_t buffer_size = 1 << 20;
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/checks.hpp"
 #include "actors/runtime.hpp"
 #include "actors/transfer_engine.hpp"
 #include "config/error.hpp"
@@ -26,10 +27,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-template <class T>
-std::string why(const caf::expected<T>& r) {
-  return r ? std::string("ok") : describe(r.error());
-}
+using kvferry::test::why;
 
 /// Records every slice it is posted, then hands it to a transport::local_path, which checks both
 /// ranges against the live registries, copies the bytes and reports inline.
@@ -96,17 +94,7 @@ private:
   uint64_t posts_ = 0;
 };
 
-/// Page-aligned zeroed memory, so "+1" and "+4095" offsets are really unaligned.
-struct buffer {
-  size_t size;
-  uint8_t* data;
-  explicit buffer(size_t n) : size(n), data(static_cast<uint8_t*>(std::aligned_alloc(4096, n))) {
-    std::memset(data, 0, n);
-  }
-  ~buffer() { std::free(data); }
-  buffer(const buffer&) = delete;
-  buffer& operator=(const buffer&) = delete;
-};
+using buffer = kvferry::test::aligned_buffer;
 
 constexpr size_t buffer_size = 4 * 65536 + 3 * 4096;
 

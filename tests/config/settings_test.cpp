@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "tests/support/checks.hpp"
 #include "config/error.hpp"
 #include "config/settings.hpp"
 
@@ -15,6 +16,9 @@ using namespace kvferry;
 using config::settings;
 
 namespace {
+
+using kvferry::test::why;
+using kvferry::test::contains;
 
 constexpr std::string_view mooncake_example
   = R"({"local_hostname":"192.168.0.137","metadata_server":"etcd://192.168.0.137:2379",)"
@@ -29,16 +33,6 @@ std::string doc(std::string_view extra = {}) {
   }
   out += "}";
   return out;
-}
-
-/// The error of `r` as text, or "ok" (Boost.Test evaluates a message even when the check passes).
-template <class T>
-std::string why(const caf::expected<T>& r) {
-  return r ? std::string("ok") : describe(r.error());
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 /// Checks that `r` failed with invalid_config and that its message names every one of `parts`.

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/checks.hpp"
 #include "config/error.hpp"
 #include "memory/location.hpp"
 #include "memory/region_registry.hpp"
@@ -22,16 +23,10 @@ using memory::region_table;
 
 namespace {
 
+using kvferry::test::why;
+using kvferry::test::contains;
+
 constexpr uint64_t max_u64 = std::numeric_limits<uint64_t>::max();
-
-template <class T>
-std::string why(const caf::expected<T>& r) {
-  return r ? std::string("ok") : describe(r.error());
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 template <class T>
 void expect_error(const caf::expected<T>& r, errc code, std::initializer_list<std::string_view> parts) {

@@ -9,6 +9,7 @@
 
 #include <boost/json.hpp>
 
+#include "tests/support/checks.hpp"
 #include "tests/support/child_process.hpp"
 
 // `kvferry bench` (flag-compatible with Mooncake's transfer_engine_bench) as users run it: a
@@ -21,15 +22,13 @@ using kvferry::test::child_process;
 
 namespace {
 
+using kvferry::test::contains;
+
 std::string kvferry_binary() {
   auto& suite = boost::unit_test::framework::master_test_suite();
   if (suite.argc < 2)
     throw std::runtime_error("usage: bench_test [boost options] -- /path/to/kvferry");
   return suite.argv[1];
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 constexpr uint64_t buffer_size = 8 << 20;

@@ -22,6 +22,7 @@
 
 #include <zmq.hpp>
 
+#include "tests/support/checks.hpp"
 #include "actors/runtime.hpp"
 #include "actors/transfer_engine.hpp"
 #include "config/error.hpp"
@@ -47,6 +48,9 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
+using kvferry::test::why;
+using kvferry::test::contains;
+
 constexpr uint64_t KiB = 1024;
 constexpr uint64_t MiB = 1024 * 1024;
 
@@ -57,18 +61,9 @@ std::string kvferry_binary() {
   return suite.argv[1];
 }
 
-template <class T>
-std::string why(const caf::expected<T>& r) {
-  return r ? std::string("ok") : describe(r.error());
-}
-
 std::string show(const transfer_status& s) {
   return std::string(to_string(s.state)) + " (" + to_string(s.code) + ": " + s.reason + ", "
          + std::to_string(s.transferred_bytes) + " bytes)";
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 /// Anonymous memory, unmapped on destruction.
