@@ -29,6 +29,13 @@ std::optional<kvferry::config::settings> load_settings(const std::string& path) 
   return std::move(*settings);
 }
 
+/// Declares --config on `app` (the top level or one subcommand).
+void add_config_option(CLI::App& app, std::string& path) {
+  app.add_option("--config", path,
+                 "configuration file (else $KVFERRY_CONFIG, else $MOONCAKE_CONFIG_PATH, else "
+                 "embedded defaults)");
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -39,15 +46,18 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   CLI::App app{"kvferry: moves LLM KV cache between machines, every transfer resolved exactly once"};
   app.require_subcommand(1);
+  // --config is accepted before the subcommand (`kvferry --config F node`) and after it
+  // (`kvferry node --config F`, as the README writes it). Each subcommand declares its own copy so
+  // that its --help lists it; giving it in both places is refused below.
   std::string config_path;
-  app.add_option("--config", config_path,
-                 "configuration file (else $KVFERRY_CONFIG, else $MOONCAKE_CONFIG_PATH, else "
-                 "embedded defaults)");
+  add_config_option(app, config_path);
 
   kvferry::tools::demo_options demo;
   auto* demo_cmd = app.add_subcommand(
     "demo", "prefill and decode as two processes over TCP on loopback: move a synthetic KV cache "
             "and verify every byte");
+  std::string demo_config_path;
+  add_config_option(*demo_cmd, demo_config_path);
   demo_cmd->add_option("--layers", demo.layers, "model layers")->check(CLI::Range(1u, 1024u));
   demo_cmd->add_option("--blocks", demo.blocks, "KV blocks per layer")->check(CLI::Range(1u, 65536u));
   demo_cmd->add_option("--block-bytes", demo.block_bytes, "bytes of one layer of one block")
@@ -60,6 +70,8 @@ int main(int argc, char** argv) {
   kvferry::tools::node_options node;
   auto* node_cmd = app.add_subcommand(
     "node", "run a long-lived node serving its segment until SIGTERM or SIGINT");
+  std::string node_config_path;
+  add_config_option(*node_cmd, node_config_path);
   node_cmd->add_option("--segment-bytes", node.segment_bytes,
                        "bytes to register (default: global_segment_size)");
   node_cmd->add_option("--fill-seed", node.fill_seed, "fill the segment with a test pattern");
@@ -67,6 +79,8 @@ int main(int argc, char** argv) {
   kvferry::tools::bench_options bench;
   auto* bench_cmd = app.add_subcommand(
     "bench", "throughput benchmark, flag-compatible with Mooncake's transfer_engine_bench");
+  std::string bench_config_path;
+  add_config_option(*bench_cmd, bench_config_path);
   bench_cmd->add_option("--mode", bench.mode, "initiator or target")
     ->check(CLI::IsMember({"initiator", "target"}));
   bench_cmd->add_option("--metadata_server", bench.metadata_server,
@@ -100,6 +114,16 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  }
+  for (const auto* after : {&demo_config_path, &node_config_path, &bench_config_path}) {
+    if (after->empty())
+      continue;
+    if (!config_path.empty()) {
+      std::fprintf(stderr, "kvferry: --config given twice ('%s' before the subcommand, '%s' after "
+                           "it); give it once\n", config_path.c_str(), after->c_str());
+      return 2;
+    }
+    config_path = *after;
   }
   // Long-running commands stop on SIGINT/SIGTERM; block them before any thread starts so the
   // main thread alone receives them.

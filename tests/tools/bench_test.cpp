@@ -53,6 +53,18 @@ run_result run_initiator(const std::string& config, std::vector<std::string> fla
   return r;
 }
 
+/// Runs `kvferry` with `args` to completion (or kills it after `limit`).
+run_result run_kvferry(std::vector<std::string> args, std::chrono::milliseconds limit = 120s) {
+  args.insert(args.begin(), kvferry_binary());
+  child_process p(args);
+  auto rc = p.wait_exit_code(limit);
+  run_result r;
+  r.exit_code = rc ? *rc : -999;
+  r.out = p.out();
+  r.transcript = p.transcript();
+  return r;
+}
+
 struct task_counts {
   uint64_t completed = 0, failed = 0, timeout = 0, canceled = 0;
 };
@@ -213,4 +225,55 @@ BOOST_AUTO_TEST_CASE(node_stops_cleanly_on_sigterm_and_sigint) {
                                                << node.transcript());
     BOOST_CHECK_MESSAGE(contains(node.out(), "kvferry node: stopped"), node.transcript());
   }
+}
+
+// The README writes `kvferry node --config node.json`: --config is accepted after the subcommand
+// as well as before it, for every subcommand, and the file it names is the one read.
+BOOST_AUTO_TEST_CASE(config_option_after_the_subcommand) {
+  kvferry::test::temp_dir dir("kvferry-bench-test");
+  // A fixed rpc port in the file: the segment name shows that this file was read.
+  uint16_t node_port = kvferry::test::free_tcp_port();
+  auto node_config = dir.write("node.json", kvferry::test::node_config(node_port, 0, 5000));
+  {
+    child_process node({kvferry_binary(), "node", "--config", node_config,
+                        "--segment-bytes=1048576"});
+    auto name = node.wait_for_stdout(std::regex("segment name: (\\S+)"), 60s);
+    BOOST_REQUIRE_MESSAGE(name, node.transcript());
+    BOOST_CHECK_EQUAL(*name, "127.0.0.1:" + std::to_string(node_port));
+    BOOST_REQUIRE(node.signal(SIGTERM));
+    auto rc = node.wait_exit_code(30s);
+    BOOST_REQUIRE_MESSAGE(rc.has_value(), "node did not stop on SIGTERM\n" << node.transcript());
+    BOOST_CHECK_MESSAGE(*rc == 0, "node exit " << *rc << "\n" << node.transcript());
+    BOOST_CHECK_MESSAGE(contains(node.out(), "kvferry node: stopped"), node.transcript());
+  }
+
+  uint16_t target_port = kvferry::test::free_tcp_port();
+  auto target_config = dir.write("target.json", kvferry::test::node_config(target_port, 0, 5000));
+  {
+    child_process target({kvferry_binary(), "bench", "--config=" + target_config, "--mode=target",
+                          "--buffer_size=1048576"});
+    auto name = target.wait_for_stdout(std::regex("Target ready: segment (\\S+)"), 60s);
+    BOOST_REQUIRE_MESSAGE(name, target.transcript());
+    BOOST_CHECK_EQUAL(*name, "127.0.0.1:" + std::to_string(target_port));
+    BOOST_REQUIRE(target.signal(SIGTERM));
+    auto rc = target.wait_exit_code(30s);
+    BOOST_REQUIRE_MESSAGE(rc.has_value(), "target did not stop on SIGTERM\n"
+                                            << target.transcript());
+    BOOST_CHECK_MESSAGE(*rc == 0, "target exit " << *rc << "\n" << target.transcript());
+    BOOST_CHECK_MESSAGE(contains(target.out(), "Target stopped"), target.transcript());
+  }
+
+  // demo: a bad file named after the subcommand is read and refused (exit 2, the file named).
+  auto bad = dir.write("bad.json", "{\"protocol\": \"carrier-pigeon\"}");
+  auto demo = run_kvferry({"demo", "--in-process", "--config", bad}, 60s);
+  BOOST_CHECK_MESSAGE(demo.exit_code == 2, "exit " << demo.exit_code << "\n" << demo.transcript);
+  BOOST_CHECK_MESSAGE(contains(demo.transcript, "configuration error")
+                        && contains(demo.transcript, "bad.json"),
+                      demo.transcript);
+  BOOST_CHECK_MESSAGE(!contains(demo.transcript, "not expected"), demo.transcript);
+
+  // Given both before and after the subcommand: refused, both places named.
+  auto twice = run_kvferry({"--config", node_config, "node", "--config", bad}, 60s);
+  BOOST_CHECK_MESSAGE(twice.exit_code == 2, "exit " << twice.exit_code << "\n" << twice.transcript);
+  BOOST_CHECK_MESSAGE(contains(twice.transcript, "--config given twice"), twice.transcript);
 }
