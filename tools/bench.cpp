@@ -5,7 +5,9 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,7 +38,21 @@ std::optional<unit_info> parse_unit(const std::string& unit) {
   return std::nullopt;
 }
 
-/// Seed of the pattern a WRITE run puts into the target (checked by reading it back).
+// What a WRITE run leaves in the target, so that every order of runs against one target verifies.
+//
+// A WRITE run leaves the target holding the target's canonical pattern: bench_target_seed at each
+// absolute remote offset, which is what `--mode=target` fills its buffer with and what a READ
+// --verify run expects.
+// - Without --verify, a thread's requests are the same in every batch, so its local blocks are
+//   filled once, before the clock starts, with the canonical pattern of the remote offsets they
+//   write; the measured loop does nothing extra.
+// - With --verify, each batch first writes a probe pattern that differs from the canonical one and
+//   from every earlier batch's and run's (write_seed mixed with a per-run nonce, the thread and the
+//   batch number), so a WRITE that did not happen, or landed elsewhere, is detected; it reads the
+//   blocks back and checks them, then writes the canonical pattern back. Only the first WRITE is
+//   counted in the task states and the throughput (the read-back and restore are verification).
+
+/// Seed from which each WRITE --verify batch's probe pattern is derived.
 constexpr uint64_t write_seed = 0x7772697465000001ULL;
 
 struct tally {
@@ -90,28 +106,125 @@ int run_target(const config::settings& settings, const bench_options& options) {
   return 0;
 }
 
+/// One thread's requests, the same in every batch. Task i uses local block k = i mod (blocks in the
+/// thread's slice of the local buffer) and remote block (k * threads + tid) mod R, where R is the
+/// target's block count rounded down to a multiple of --threads: threads never share a remote
+/// block, and two tasks of a batch that share a local block also share their remote block (they
+/// are identical transfers), so verification is exact even when the buffers are small.
+struct thread_plan {
+  std::vector<transfer_request> requests;
+  /// Offset of each task's block from the start of the target's region (with --target_offset).
+  std::vector<uint64_t> remote_offsets;
+};
+
+thread_plan plan_thread(const bench_options& o, uint32_t tid, uint8_t* local, uint64_t local_len,
+                        segment_id seg, uint64_t remote_base, uint64_t remote_len) {
+  const bool write = o.operation == "write";
+  const uint64_t local_slots = local_len / o.block_size;
+  uint64_t remote_slots = remote_len / o.block_size;
+  if (remote_slots >= o.threads)
+    remote_slots = remote_slots / o.threads * o.threads;
+  thread_plan plan;
+  plan.requests.resize(o.batch_size);
+  plan.remote_offsets.resize(o.batch_size);
+  for (uint32_t i = 0; i < o.batch_size; ++i) {
+    uint64_t k = i % local_slots;
+    auto* src = local + k * o.block_size;
+    uint64_t roff = ((k * o.threads + tid) % remote_slots) * o.block_size
+                    + static_cast<uint64_t>(o.target_offset);
+    plan.remote_offsets[i] = roff;
+    plan.requests[i] = transfer_request{write ? opcode::write : opcode::read, src, seg,
+                                        remote_base + roff, o.block_size};
+    if (write && !o.verify)
+      fill_pattern(src, o.block_size, bench_target_seed, roff);
+  }
+  return plan;
+}
+
+/// Runs `requests` as one batch (not measured) and returns each task's final state; a batch that
+/// cannot be allocated or submitted reports its reason once and every task as failed.
+std::vector<task_state> run_unmeasured(transfer_engine& engine,
+                                       const std::vector<transfer_request>& requests,
+                                       const submit_options& so,
+                                       std::chrono::milliseconds wait_budget, tally& t) {
+  std::vector<task_state> states(requests.size(), task_state::failed);
+  auto batch = engine.allocate_batch(requests.size());
+  if (!batch) {
+    t.note("verify: " + describe(batch.error()));
+    return states;
+  }
+  auto first = engine.submit(*batch, requests, so);
+  if (!first) {
+    t.note("verify: " + describe(first.error()));
+  } else {
+    (void) engine.wait(*batch, wait_budget);
+    for (uint32_t i = 0; i < requests.size(); ++i) {
+      auto st = engine.status(*batch, *first + i);
+      if (st)
+        states[i] = st->state;
+    }
+  }
+  (void) engine.free_batch(*batch);
+  return states;
+}
+
+/// WRITE --verify, after the measured batch wrote `probe_seed`'s pattern: reads the blocks whose
+/// WRITE completed back and checks them, then writes the canonical pattern back to every block.
+void verify_and_restore(transfer_engine& engine, const bench_options& o, const thread_plan& plan,
+                        const std::vector<bool>& written, uint64_t probe_seed,
+                        const submit_options& so, std::chrono::milliseconds wait_budget,
+                        tally& t) {
+  auto requests = plan.requests;
+  for (auto& rq : requests) {
+    rq.op = opcode::read;
+    std::memset(rq.source, 0, o.block_size);
+  }
+  auto read_back = run_unmeasured(engine, requests, so, wait_budget, t);
+  for (uint32_t i = 0; i < requests.size(); ++i) {
+    if (!written[i])
+      continue; // counted as FAILED, TIMEOUT or CANCELED already
+    const auto roff = std::to_string(plan.remote_offsets[i]);
+    if (read_back[i] != task_state::completed) {
+      ++t.verify_errors;
+      t.note("verify: the read-back of the block written at remote offset " + roff + " ended "
+             + to_string(read_back[i]));
+    } else if (check_pattern(requests[i].source, o.block_size, probe_seed, plan.remote_offsets[i])
+               != o.block_size) {
+      ++t.verify_errors;
+      t.note("verify: block written at remote offset " + roff + " reads back different bytes");
+    }
+  }
+  // Restore every block, also those whose WRITE did not complete (it may have landed anyway).
+  requests = plan.requests;
+  for (uint32_t i = 0; i < requests.size(); ++i)
+    fill_pattern(requests[i].source, o.block_size, bench_target_seed, plan.remote_offsets[i]);
+  auto restored = run_unmeasured(engine, requests, so, wait_budget, t);
+  for (uint32_t i = 0; i < requests.size(); ++i) {
+    if (written[i] && restored[i] != task_state::completed) {
+      ++t.verify_errors;
+      t.note("verify: writing the target's pattern back at remote offset "
+             + std::to_string(plan.remote_offsets[i]) + " ended " + to_string(restored[i]));
+    }
+  }
+}
+
 void initiator_thread(transfer_engine& engine, const bench_options& o, uint32_t tid,
-                      uint8_t* local, uint64_t local_len, segment_id seg, uint64_t remote_base,
-                      uint64_t remote_len, std::chrono::steady_clock::time_point end, tally& t) {
+                      const thread_plan& plan, uint64_t run_nonce,
+                      std::chrono::steady_clock::time_point end, tally& t) {
   const bool write = o.operation == "write";
   submit_options so;
   so.deadline = std::chrono::milliseconds(o.timeout_ms);
   const auto wait_budget = std::chrono::milliseconds(o.timeout_ms ? o.timeout_ms + 5000 : 120000);
-  std::vector<transfer_request> requests(o.batch_size);
-  std::vector<uint64_t> remote_offsets(o.batch_size);
-  const uint64_t local_slots = local_len / o.block_size;
-  const uint64_t remote_slots = remote_len / o.block_size;
-  while (std::chrono::steady_clock::now() < end) {
-    for (uint32_t i = 0; i < o.batch_size; ++i) {
-      uint64_t block = uint64_t{i} * o.threads + tid;
-      auto* src = local + (block % local_slots) * o.block_size;
-      uint64_t roff = (block % remote_slots) * o.block_size + static_cast<uint64_t>(o.target_offset);
-      remote_offsets[i] = roff;
-      if (write && o.verify)
-        fill_pattern(src, o.block_size, write_seed, roff);
-      requests[i] = transfer_request{write ? opcode::write : opcode::read, src, seg,
-                                     remote_base + roff, o.block_size};
-    }
+  const auto& requests = plan.requests;
+  std::vector<bool> written(o.batch_size);
+  // At least one batch, however late this thread starts: a run that moved nothing measures
+  // nothing and verifies nothing.
+  for (uint64_t batch_number = 0; batch_number == 0 || std::chrono::steady_clock::now() < end;
+       ++batch_number) {
+    const uint64_t probe_seed = write_seed ^ mix(run_nonce ^ (uint64_t{tid} << 40) ^ batch_number);
+    if (write && o.verify)
+      for (uint32_t i = 0; i < o.batch_size; ++i)
+        fill_pattern(requests[i].source, o.block_size, probe_seed, plan.remote_offsets[i]);
     auto batch = engine.allocate_batch(o.batch_size);
     if (!batch) {
       t.note(describe(batch.error()));
@@ -138,6 +251,7 @@ void initiator_thread(transfer_engine& engine, const bench_options& o, uint32_t 
       t.note(describe(summary.error()));
     }
     for (uint32_t i = 0; i < o.batch_size; ++i) {
+      written[i] = false;
       auto st = engine.status(*batch, *first + i);
       if (!st)
         continue;
@@ -149,12 +263,14 @@ void initiator_thread(transfer_engine& engine, const bench_options& o, uint32_t 
         default: break;
       }
       if (st->state == task_state::completed) {
+        written[i] = true;
         t.bytes += o.block_size;
         if (o.verify && !write) {
           auto* got = static_cast<uint8_t*>(requests[i].source);
-          if (check_pattern(got, o.block_size, bench_target_seed, remote_offsets[i]) != o.block_size) {
+          if (check_pattern(got, o.block_size, bench_target_seed, plan.remote_offsets[i])
+              != o.block_size) {
             ++t.verify_errors;
-            t.note("verify: READ block at remote offset " + std::to_string(remote_offsets[i])
+            t.note("verify: READ block at remote offset " + std::to_string(plan.remote_offsets[i])
                    + " does not match the target's pattern");
           }
         }
@@ -162,30 +278,8 @@ void initiator_thread(transfer_engine& engine, const bench_options& o, uint32_t 
     }
     (void) engine.free_batch(*batch);
     ++t.batches;
-    if (write && o.verify) {
-      // Read the blocks back into this thread's blocks and compare with what was written.
-      for (auto& rq : requests)
-        rq.op = opcode::read;
-      for (uint32_t i = 0; i < o.batch_size; ++i)
-        std::memset(requests[i].source, 0, o.block_size);
-      auto check = engine.allocate_batch(o.batch_size);
-      if (!check)
-        continue;
-      if (engine.submit(*check, requests, so)) {
-        (void) engine.wait(*check, wait_budget);
-        for (uint32_t i = 0; i < o.batch_size; ++i) {
-          auto st = engine.status(*check, i);
-          if (st && st->state == task_state::completed
-              && check_pattern(requests[i].source, o.block_size, write_seed, remote_offsets[i])
-                   != o.block_size) {
-            ++t.verify_errors;
-            t.note("verify: block written at remote offset " + std::to_string(remote_offsets[i])
-                   + " reads back different bytes");
-          }
-        }
-      }
-      (void) engine.free_batch(*check);
-    }
+    if (write && o.verify)
+      verify_and_restore(engine, o, plan, written, probe_seed, so, wait_budget, t);
   }
 }
 
@@ -198,6 +292,10 @@ int run_initiator(const config::settings& settings, const bench_options& o) {
                              + " is not one of GB, GiB, Gb, MB, MiB, Mb, KB, KiB, Kb");
   if (o.block_size == 0 || o.block_size > o.buffer_size)
     return bench_usage_error("--block_size must be between 1 and --buffer_size");
+  // Threads sharing a local block would write one thread's pattern to another's remote offsets.
+  if ((o.verify || o.operation == "write") && o.buffer_size / o.threads < o.block_size)
+    return bench_usage_error("--buffer_size must hold --threads x --block_size bytes for WRITE or "
+                             "--verify (each thread its own local blocks)");
   auto rt = runtime::create({.network = true});
   if (!rt)
     return bench_usage_error(describe(rt.error()));
@@ -225,6 +323,12 @@ int run_initiator(const config::settings& settings, const bench_options& o) {
                          " bytes) is smaller than --block_size\n", remote.length);
     return 1;
   }
+  if (o.verify && o.operation == "write" && remote.length / o.block_size < o.threads) {
+    std::fprintf(stderr, "kvferry bench: --verify: the target's buffer (%" PRIu64 " bytes) holds "
+                         "fewer blocks than --threads; each thread needs its own remote block\n",
+                 remote.length);
+    return 2;
+  }
   mapped_buffer local(o.buffer_size);
   if (local.data == nullptr)
     return bench_usage_error("cannot map --buffer_size=" + std::to_string(o.buffer_size));
@@ -233,19 +337,24 @@ int run_initiator(const config::settings& settings, const bench_options& o) {
     std::fprintf(stderr, "kvferry bench: %s\n", describe(err).c_str());
     return 1;
   }
+  uint64_t per_thread = o.buffer_size / o.threads / o.block_size * o.block_size;
+  if (per_thread < o.block_size)
+    per_thread = o.block_size;
+  std::vector<thread_plan> plans;
+  for (uint32_t tid = 0; tid < o.threads; ++tid) {
+    // Each thread owns a slice of the local buffer (so verification never races).
+    auto* base = local.data + (tid * per_thread) % (o.buffer_size - o.block_size + 1);
+    plans.push_back(plan_thread(o, tid, base, per_thread, *seg, remote.base, remote.length));
+  }
+  const uint64_t run_nonce = (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
   tally t;
   auto start = std::chrono::steady_clock::now();
   auto end = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                        std::chrono::duration<double>(o.duration));
   std::vector<std::thread> threads;
-  uint64_t per_thread = o.buffer_size / o.threads / o.block_size * o.block_size;
-  if (per_thread < o.block_size)
-    per_thread = o.block_size;
   for (uint32_t tid = 0; tid < o.threads; ++tid) {
-    // Each thread owns a slice of the local buffer (so verification never races).
-    auto* base = local.data + (tid * per_thread) % (o.buffer_size - o.block_size + 1);
-    threads.emplace_back([&, tid, base] {
-      initiator_thread(**engine, o, tid, base, per_thread, *seg, remote.base, remote.length, end, t);
+    threads.emplace_back([&, tid] {
+      initiator_thread(**engine, o, tid, plans[tid], run_nonce, end, t);
     });
   }
   for (auto& th : threads)

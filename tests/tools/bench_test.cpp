@@ -277,3 +277,50 @@ BOOST_AUTO_TEST_CASE(config_option_after_the_subcommand) {
   BOOST_CHECK_MESSAGE(twice.exit_code == 2, "exit " << twice.exit_code << "\n" << twice.transcript);
   BOOST_CHECK_MESSAGE(contains(twice.transcript, "--config given twice"), twice.transcript);
 }
+
+// Users run WRITE and READ against one target in any order: a WRITE run leaves the target's own
+// pattern in place, so every later run verifies, with or without --verify on the WRITE.
+BOOST_AUTO_TEST_CASE(write_and_read_runs_in_any_order_verify_against_one_target) {
+  kvferry::test::temp_dir dir("kvferry-bench-test");
+  auto config = dir.write("bench.json", kvferry::test::node_config(0, 0, 30000));
+  auto target = start_target(config, "127.0.0.1:" + std::to_string(kvferry::test::free_tcp_port()));
+  const std::vector<std::string> common{
+    "--metadata_server=P2PHANDSHAKE", "--protocol=tcp", "--segment_id=" + target.name,
+    "--buffer_size=" + std::to_string(buffer_size), "--timeout_ms=20000", "--duration=0.3"};
+  struct step {
+    std::string operation;
+    bool verify;
+    std::vector<std::string> shape;
+  };
+  const std::vector<std::string> two_threads{"--block_size=65536", "--batch_size=16",
+                                             "--threads=2"};
+  // Three threads over 128 remote blocks, 64 tasks per batch: local blocks are shared within a
+  // batch and remote blocks wrap around.
+  const std::vector<std::string> three_threads{"--block_size=65536", "--batch_size=64",
+                                               "--threads=3"};
+  const std::vector<step> steps{
+    {"write", true, two_threads},  {"read", true, two_threads},   {"write", true, two_threads},
+    {"write", false, two_threads}, {"read", true, two_threads},   {"write", true, three_threads},
+    {"read", true, three_threads}, {"write", false, three_threads}, {"read", true, two_threads}};
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const auto& st = steps[i];
+    auto flags = common;
+    flags.push_back("--operation=" + st.operation);
+    if (st.verify)
+      flags.push_back("--verify");
+    flags.insert(flags.end(), st.shape.begin(), st.shape.end());
+    auto r = run_initiator(config, flags);
+    BOOST_TEST_CONTEXT("run " << i << ": " << st.operation << (st.verify ? " --verify" : "")) {
+      BOOST_REQUIRE_MESSAGE(r.exit_code == 0, "exit " << r.exit_code << "\n" << r.transcript);
+      require_completed_line(r);
+      auto counts = parse_task_states(r);
+      BOOST_CHECK_GT(counts.completed, 0u);
+      BOOST_CHECK_EQUAL(counts.failed + counts.timeout + counts.canceled, 0u);
+      if (st.verify)
+        BOOST_CHECK_MESSAGE(contains(r.out, "verify errors 0"), r.transcript);
+    }
+  }
+  BOOST_REQUIRE(target.proc->signal(SIGTERM));
+  auto rc = target.proc->wait_exit_code(30s);
+  BOOST_CHECK_MESSAGE(rc && *rc == 0, target.proc->transcript());
+}
