@@ -5,12 +5,16 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "tests/support/checks.hpp"
 #include "actors/runtime.hpp"
@@ -65,6 +69,42 @@ bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds tim
     std::this_thread::sleep_for(1ms);
   }
   return true;
+}
+
+/// The calling thread's id, as /proc/self/task names it.
+pid_t this_thread_id() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
+
+/// True while thread `tid` of this process is blocked in a futex wait: how a thread waiting on a
+/// condition variable looks from outside (/proc/self/task/TID/syscall starts with the number of
+/// the system call the thread is blocked in; "running" or -1 otherwise).
+bool in_futex_wait(pid_t tid) {
+  std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/syscall");
+  long number = -1;
+  return (f >> number) && number == SYS_futex;
+}
+
+/// Starts a thread that calls wait(batch) and returns once that thread is blocked inside wait().
+/// After announcing itself the thread's only futex wait on its way is the batch's condition
+/// variable: the batch map's lock is taken shared and nobody takes it exclusively meanwhile, and
+/// the board's mutex is uncontended while the batch's tasks are held at the data path. So "blocked
+/// in a futex" means "past the batch lookup, waiting", whatever the machine's speed.
+/// (A std::jthread: a failed REQUIRE in the caller still joins it before the engine goes away.)
+std::jthread start_blocked_waiter(transfer_engine& engine, batch_id batch,
+                                  std::optional<caf::expected<batch_summary>>& waited) {
+  BOOST_REQUIRE_MESSAGE(std::ifstream("/proc/self/task/" + std::to_string(this_thread_id())
+                                      + "/syscall").good(),
+                        "this test needs /proc/self/task/TID/syscall");
+  auto tid = std::make_shared<std::atomic<pid_t>>(0);
+  std::jthread waiter([&engine, batch, &waited, tid] {
+    tid->store(this_thread_id());
+    waited.emplace(engine.wait(batch, 60s));
+  });
+  BOOST_CHECK_MESSAGE(eventually([&] {
+                        auto id = tid->load();
+                        return id != 0 && in_futex_wait(id);
+                      }, 60s),
+                      "the waiter never blocked inside wait()");
+  return waiter;
 }
 
 using buffer = kvferry::test::aligned_buffer;
@@ -541,14 +581,8 @@ BOOST_AUTO_TEST_CASE(free_batch_during_flight_cancels_every_task_once) {
   BOOST_REQUIRE(eventually([&] { return f.stats().slices_succeeded == 1; }));
 
   // A waiter inside wait() when the batch is freed sees every task CANCELED.
-  std::atomic<bool> waiting{false};
   std::optional<caf::expected<batch_summary>> waited;
-  std::thread waiter([&] {
-    waiting = true;
-    waited.emplace(f.engine->wait(*batch, 20s));
-  });
-  BOOST_REQUIRE(eventually([&] { return waiting.load(); }));
-  std::this_thread::sleep_for(100ms);
+  std::jthread waiter = start_blocked_waiter(*f.engine, *batch, waited);
   BOOST_REQUIRE(!f.engine->free_batch(*batch));
   // Once free_batch returned, no slice is at the data path any more.
   BOOST_CHECK_EQUAL(f.held(), 0u);
@@ -850,14 +884,8 @@ BOOST_AUTO_TEST_CASE(shutdown_with_tasks_in_flight) {
   BOOST_REQUIRE(f.engine->submit(*batch, rqs));
   BOOST_REQUIRE(f.await_held(4));
 
-  std::atomic<bool> waiting{false};
   std::optional<caf::expected<batch_summary>> waited;
-  std::thread waiter([&] {
-    waiting = true;
-    waited.emplace(f.engine->wait(*batch, 20s));
-  });
-  BOOST_REQUIRE(eventually([&] { return waiting.load(); }));
-  std::this_thread::sleep_for(100ms);
+  std::jthread waiter = start_blocked_waiter(*f.engine, *batch, waited);
   f.engine->shutdown();
   // Every slice was withdrawn before shutdown returned.
   BOOST_CHECK_EQUAL(f.held(), 0u);
@@ -902,13 +930,12 @@ BOOST_AUTO_TEST_CASE(submit_with_notify_same_process) {
   with_note.notify = std::string("kv ready: blocks 0-1");
   BOOST_REQUIRE(t.a->submit(*batch, ok, with_note));
   std::vector<notification> got;
-  for (int i = 0; i < 500 && got.empty(); ++i) {
+  BOOST_REQUIRE(eventually([&] {
     auto drained = t.b->get_notifies();
     BOOST_REQUIRE(drained);
-    got = *drained;
-    if (got.empty())
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+    got.insert(got.end(), drained->begin(), drained->end());
+    return !got.empty();
+  }, 60s));
   BOOST_REQUIRE_EQUAL(got.size(), 1u);
   BOOST_CHECK_EQUAL(got[0].from, "a");
   BOOST_CHECK_EQUAL(got[0].message, "kv ready: blocks 0-1");
