@@ -6,10 +6,13 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <random>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -738,16 +741,84 @@ BOOST_AUTO_TEST_CASE(sigkill_mid_run_resolves_every_task_and_restarted_target_wo
 // ------------------------------------------------------------------------------------------------
 // (4) SIGSTOP longer than the deadline.
 
+namespace {
+
+/// True once every thread of process `pid` is stopped (state 'T' in /proc/PID/task/*/stat):
+/// kill(SIGSTOP) returns before the stop takes effect.
+bool all_threads_stopped(pid_t pid) {
+  std::error_code ec;
+  std::filesystem::directory_iterator tasks("/proc/" + std::to_string(pid) + "/task", ec);
+  if (ec)
+    return false;
+  bool any = false;
+  for (const auto& task : tasks) {
+    std::ifstream stat(task.path() / "stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    auto close = text.rfind(')'); // the command name may contain spaces and parentheses
+    if (close == std::string::npos || close + 2 >= text.size() || text[close + 2] != 'T')
+      return false;
+    any = true;
+  }
+  return any;
+}
+
+/// Bytes waiting in the receive queues of the established IPv4 connections whose local port is
+/// `port` (the target's side of its data connections), from /proc/net/tcp.
+uint64_t bytes_queued_at(uint16_t port) {
+  std::ifstream table("/proc/net/tcp");
+  std::string line;
+  std::getline(table, line); // header
+  uint64_t total = 0;
+  while (std::getline(table, line)) {
+    // "sl local_address rem_address st tx_queue:rx_queue ...", addresses and queues in hex.
+    std::istringstream fields(line);
+    std::string slot, local, remote, state, queues;
+    if (!(fields >> slot >> local >> remote >> state >> queues) || state != "01")
+      continue;
+    auto colon = local.rfind(':');
+    auto queue_colon = queues.find(':');
+    if (colon == std::string::npos || queue_colon == std::string::npos
+        || std::stoul(local.substr(colon + 1), nullptr, 16) != port)
+      continue;
+    total += std::stoull(queues.substr(queue_colon + 1), nullptr, 16);
+  }
+  return total;
+}
+
+/// One 4 KiB READ per connection and then some (2 x workers tasks in one batch: the coordinator
+/// deals slices to the workers in turn), each checked against the node's pattern. Before SIGSTOP
+/// it makes sure every connection is up; after SIGCONT it is a barrier: the node serves each
+/// connection in order from one thread and its replies come back in order, so once these are
+/// answered every reply to a request sent before them has arrived and been reported.
+void round_trip_every_connection(initiator& in, segment_id seg, uint32_t workers,
+                                 uint64_t fill_seed, const std::string& what) {
+  const uint64_t block = 4096;
+  std::vector<transfer_request> rqs;
+  for (uint32_t i = 0; i < 2 * workers; ++i) {
+    std::memset(in.second.data + i * block, 0, block);
+    rqs.push_back({opcode::read, in.second.data + i * block, seg, in.remote_base + 5 + i * block,
+                   block});
+  }
+  require_completed(run_batch(*in.engine, rqs), rqs, what);
+  for (uint32_t i = 0; i < rqs.size(); ++i)
+    BOOST_REQUIRE_MESSAGE(tools::check_pattern(in.second.data + i * block, block, fill_seed,
+                                               5 + i * block) == block,
+                          what << ": block " << i << " differs from the node's pattern");
+}
+
+} // namespace
+
 BOOST_AUTO_TEST_CASE(sigstop_past_the_deadline_times_out_once_and_late_replies_are_ignored) {
   const uint64_t segment_bytes = 8 * MiB;
   const uint64_t fill_seed = 0x5eed0004;
   const auto deadline = 500ms;
-  const auto stop_for = 1500ms;
+  const uint32_t workers = 2;
   test::temp_dir dir("kvferry-conformance");
   auto node = start_node(dir, test::node_config(0, 0, 30000), segment_bytes, fill_seed);
-  initiator in(8 * MiB, initiator_settings(deadline));
+  initiator in(8 * MiB, initiator_settings(deadline, workers));
   auto seg = in.open(node.name);
-  require_remote_pattern(in, seg, 5, 4096, fill_seed, "before SIGSTOP"); // the connection is up
+  const uint16_t data_port = data_port_of(in.descriptor);
+  round_trip_every_connection(in, seg, workers, fill_seed, "before SIGSTOP");
 
   const uint32_t reads = 32, writes = 32;
   const uint64_t block = 4096;
@@ -765,17 +836,26 @@ BOOST_AUTO_TEST_CASE(sigstop_past_the_deadline_times_out_once_and_late_replies_a
   }
   auto before = stats_of(*in.engine);
 
+  // The node is stopped, every one of its threads, before the batch is submitted: no task can
+  // complete however slow or fast this machine is. It stays stopped until every task is terminal,
+  // i.e. past the deadline.
   BOOST_REQUIRE(node.proc->signal(SIGSTOP));
-  auto stopped_at = steady::now();
+  auto stop_wait_until = steady::now() + 60s;
+  while (!all_threads_stopped(node.proc->pid())) {
+    BOOST_REQUIRE_MESSAGE(steady::now() < stop_wait_until,
+                          "the node did not stop within 60 s of SIGSTOP\n"
+                            << node.proc->transcript());
+    std::this_thread::sleep_for(1ms);
+  }
   auto batch = in.engine->allocate_batch(rqs.size());
   BOOST_REQUIRE(batch);
   batch_guard guard{*in.engine, *batch};
   auto submitted = steady::now();
   auto first = in.engine->submit(*batch, rqs);
   BOOST_REQUIRE_MESSAGE(first, why(first));
-  auto w = in.engine->wait(*batch, deadline + 1500ms);
+  auto w = in.engine->wait(*batch, deadline + 60s);
   auto took = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - submitted);
-  BOOST_REQUIRE_MESSAGE(w, "tasks not terminal within deadline + 1.5 s: " << why(w));
+  BOOST_REQUIRE_MESSAGE(w, "tasks not terminal within deadline + 60 s: " << why(w));
   BOOST_TEST_MESSAGE("SIGSTOP: batch terminal after " << took.count() << " ms");
   BOOST_CHECK_GE(took.count(), deadline.count() - 5); // not before the deadline
   std::vector<transfer_status> first_seen;
@@ -788,21 +868,22 @@ BOOST_AUTO_TEST_CASE(sigstop_past_the_deadline_times_out_once_and_late_replies_a
   }
   auto mid = stats_of(*in.engine);
   BOOST_CHECK_EQUAL(mid.tasks_timeout - before.tasks_timeout, rqs.size());
+  BOOST_CHECK_EQUAL(mid.tasks_completed, before.tasks_completed);
+  BOOST_CHECK_EQUAL(mid.repeated_resolutions, 0u);
+  // Requests the initiator sent before the deadline wait, unread, at the stopped node: each one
+  // will get a late reply.
+  BOOST_REQUIRE(all_threads_stopped(node.proc->pid()));
+  const uint64_t queued = bytes_queued_at(data_port);
+  BOOST_TEST_MESSAGE("bytes waiting at the stopped node: " << queued);
 
-  // Keep the node stopped well past the deadline, then let it answer.
-  std::this_thread::sleep_until(stopped_at + stop_for);
+  // Let it answer; the barrier makes sure every late reply has arrived and been reported.
   BOOST_REQUIRE(node.proc->signal(SIGCONT));
-  auto until = steady::now() + 10s;
-  coordinator_stats after;
-  do {
-    std::this_thread::sleep_for(20ms);
-    after = stats_of(*in.engine);
-  } while (after.late_reports == mid.late_reports && steady::now() < until);
-  std::this_thread::sleep_for(300ms); // let any further late replies arrive
-  after = stats_of(*in.engine);
+  round_trip_every_connection(in, seg, workers, fill_seed, "after SIGCONT");
+  auto after = stats_of(*in.engine);
   BOOST_TEST_MESSAGE("late reports after SIGCONT: " << after.late_reports - mid.late_reports);
-  BOOST_CHECK_MESSAGE(after.late_reports > mid.late_reports,
-                      "the late replies after SIGCONT were not counted");
+  if (queued > 0)
+    BOOST_CHECK_MESSAGE(after.late_reports > mid.late_reports,
+                        "the late replies after SIGCONT were not counted");
   // Nothing changed: every task still TIMEOUT with the same reason and bytes, resolved once.
   for (uint32_t i = 0; i < rqs.size(); ++i) {
     auto st = in.engine->status(*batch, *first + i);
@@ -814,7 +895,7 @@ BOOST_AUTO_TEST_CASE(sigstop_past_the_deadline_times_out_once_and_late_replies_a
                                 << " -> " << show(*st));
   }
   BOOST_CHECK_EQUAL(after.tasks_timeout, mid.tasks_timeout);
-  BOOST_CHECK_EQUAL(after.tasks_completed, mid.tasks_completed);
+  BOOST_CHECK_EQUAL(after.tasks_completed, mid.tasks_completed + 2 * workers); // the barrier's
   BOOST_CHECK_EQUAL(after.tasks_failed, mid.tasks_failed);
   BOOST_CHECK_EQUAL(after.repeated_resolutions, 0u);
   // The late READ replies did not land in local memory.
