@@ -1,12 +1,23 @@
 #pragma once
-/// The registry of this process's registered memory regions.
+/// The registry of one segment's registered memory regions.
 ///
 /// Writers (register/unregister) are serialized by a mutex; readers take an immutable snapshot
 /// (`region_table`) without blocking writers, and answer "is [addr, addr+len) inside one
 /// registered region" in O(log n).
+///
+/// Code that touches a region's memory (a copy, a socket read into it, a reply that still points
+/// into it) holds a `region_lease` for as long as it does. Unregistering is atomic: the region
+/// leaves the table at once (no new lease can be taken), the fence listeners tell every data path
+/// to let go of the region (a path that cannot finish a use soon abandons it: it fails the slice or
+/// closes the connection that holds it), and `remove` returns only when no lease is held any more.
+/// If leases are still held after the timeout, the region is put back and `remove` fails: either
+/// the region stays registered, or nothing touches it after `remove` returned.
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -19,16 +30,59 @@
 
 namespace kvferry::memory {
 
+/// Shared by a region and its leases: counts the users of the region's memory.
+class region_state {
+public:
+  /// Takes a use; false once the region is being removed.
+  [[nodiscard]] bool try_acquire() noexcept;
+  /// Returns a use taken by try_acquire.
+  void release() noexcept;
+  [[nodiscard]] uint32_t users() const noexcept { return users_.load(std::memory_order_acquire); }
+  [[nodiscard]] bool removing() const noexcept { return removing_.load(std::memory_order_acquire); }
+
+private:
+  friend class region_registry;
+  /// Waits until no use is held; false after `until`.
+  bool wait_unused(std::chrono::steady_clock::time_point until);
+
+  std::atomic<uint32_t> users_{0};
+  std::atomic<bool> removing_{false};
+  std::mutex mutex_;
+  std::condition_variable unused_;
+};
+
 struct region {
   uint64_t base = 0;
   uint64_t length = 0;
   location where;
+  /// Never null for a region in a registry's table.
+  std::shared_ptr<region_state> state;
 
   [[nodiscard]] uint64_t end() const noexcept { return base + length; }
   /// True when [addr, addr+len) lies inside this region (len > 0, no wrap-around).
   [[nodiscard]] bool contains(uint64_t addr, uint64_t len) const noexcept {
     return range_contains(base, length, addr, len);
   }
+};
+
+/// A held use of a region's memory (RAII). Empty when the region was being removed.
+class region_lease {
+public:
+  region_lease() = default;
+  /// Tries to take a use of `r`.
+  explicit region_lease(const region& r);
+  ~region_lease() { reset(); }
+  region_lease(region_lease&& other) noexcept : state_(std::move(other.state_)) {}
+  region_lease& operator=(region_lease&& other) noexcept;
+  region_lease(const region_lease&) = delete;
+  region_lease& operator=(const region_lease&) = delete;
+
+  explicit operator bool() const noexcept { return state_ != nullptr; }
+  [[nodiscard]] const region_state* state() const noexcept { return state_.get(); }
+  void reset() noexcept;
+
+private:
+  std::shared_ptr<region_state> state_;
 };
 
 /// An immutable, sorted, non-overlapping set of regions.
@@ -54,16 +108,26 @@ private:
 
 class region_registry {
 public:
+  /// Called (on the unregistering thread) when a region leaves the table; must return quickly.
+  using fence_listener = std::function<void(const region&)>;
+
   region_registry() : table_(std::make_shared<const region_table>()) {}
   region_registry(const region_registry&) = delete;
   region_registry& operator=(const region_registry&) = delete;
 
-  /// Registers [base, base+length). Rejects a null base, zero length, address wrap-around and any
-  /// overlap with a registered region; the error names both ranges.
+  /// Registers [base, base+length). Rejects a null base, zero length, address wrap-around, any
+  /// overlap with a registered region (or one being unregistered), and a closed registry.
   [[nodiscard]] caf::expected<region> add(uint64_t base, uint64_t length, location where);
 
-  /// Removes the region that starts at `base`.
-  [[nodiscard]] caf::expected<region> remove(uint64_t base);
+  /// Unregisters the region that starts at `base` (see the header comment). errc::busy, with the
+  /// region still registered, when its memory is still in use after `timeout`.
+  [[nodiscard]] caf::expected<region> remove(uint64_t base,
+                                              std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+  /// Unregisters every region and refuses new ones: the segment is gone. Returns the number of
+  /// regions whose users did not let go within `timeout` (0 normally).
+  size_t close(std::chrono::milliseconds timeout);
+  [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   /// The current table; stays valid (and unchanged) while the caller holds it.
   [[nodiscard]] std::shared_ptr<const region_table> snapshot() const {
@@ -73,15 +137,31 @@ public:
   /// Copy of the region holding [addr, addr+len), if any.
   [[nodiscard]] std::optional<region> find(uint64_t addr, uint64_t len) const;
 
+  /// A lease on the region holding [addr, addr+len), or an empty lease (and `where` untouched).
+  [[nodiscard]] region_lease lease(uint64_t addr, uint64_t len, location* where = nullptr) const;
+
   /// Bumped on every change; lets holders of derived data (descriptors) notice staleness.
   [[nodiscard]] uint64_t version() const noexcept {
     return version_.load(std::memory_order_acquire);
   }
 
+  /// Adds a listener; returns its id for remove_fence_listener.
+  uint64_t add_fence_listener(fence_listener listener);
+  void remove_fence_listener(uint64_t id);
+
 private:
+  void publish(std::vector<region> next);
+  void notify_fence(const region& r);
+
   std::mutex write_mutex_;
   std::atomic<std::shared_ptr<const region_table>> table_;
   std::atomic<uint64_t> version_{0};
+  std::atomic<bool> closed_{false};
+  /// Regions being unregistered (out of the table, still reserved against overlapping adds).
+  std::vector<region> removing_;
+  std::mutex listeners_mutex_;
+  std::vector<std::pair<uint64_t, fence_listener>> listeners_;
+  uint64_t next_listener_ = 1;
 };
 
 } // namespace kvferry::memory

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "config/error.hpp"
+#include "memory/location.hpp"
 
 namespace kvferry::memory {
 
@@ -27,8 +28,17 @@ caf::error segment_descriptor::validate() const {
       return make_error(errc::malformed_frame,
                         "segment descriptor '" + name + "': region " + std::to_string(i)
                           + " is empty, wraps around or overlaps the previous one");
+    if (auto where = parse_location(r.location); !where)
+      return make_error(errc::malformed_frame,
+                        "segment descriptor '" + name + "': region " + std::to_string(i)
+                          + ": location '" + r.location.substr(0, 32) + "' is not cpu:N or cuda:N");
     previous_end = r.base + r.length;
   }
+  for (const auto& ep : endpoints)
+    if (ep.kind.empty() || ep.kind.size() > 32 || ep.address.size() > 512)
+      return make_error(errc::malformed_frame, "segment descriptor '" + name
+                                                 + "': an endpoint's kind or address is empty or "
+                                                   "too long");
   return {};
 }
 
