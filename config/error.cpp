@@ -29,6 +29,7 @@ const char* to_string(errc code) noexcept {
     case errc::shutting_down: return "shutting_down";
     case errc::busy: return "busy";
     case errc::stale_incarnation: return "stale_incarnation";
+    case errc::unconfirmed: return "unconfirmed";
   }
   return "unknown_error_code";
 }

@@ -52,10 +52,13 @@ enum class errc : uint8_t {
   /// The request addressed an earlier incarnation of the target (it restarted): open the segment
   /// again to learn its new memory layout.
   stale_incarnation,
+  /// A target did not confirm in time that withdrawn WRITEs move no more bytes: the local side
+  /// is released (the batch is freed), but the named segment may still receive some of them.
+  unconfirmed,
 };
 
 /// The highest errc value (frames from peers carry errc values; larger ones are malformed).
-inline constexpr errc errc_last = errc::stale_incarnation;
+inline constexpr errc errc_last = errc::unconfirmed;
 
 /// Short stable name of a code, e.g. "out_of_range".
 [[nodiscard]] const char* to_string(errc code) noexcept;

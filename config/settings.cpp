@@ -155,6 +155,30 @@ std::pair<size_t, size_t> line_and_column(std::string_view text, size_t offset) 
   return {line, col};
 }
 
+/// The kvferry fields given in milliseconds: where each goes and its range.
+struct ms_field {
+  std::chrono::milliseconds* target;
+  uint64_t lo;
+  uint64_t hi;
+};
+
+std::optional<ms_field> millisecond_field(std::string_view key, settings& out) {
+  constexpr uint64_t day = 24ULL * 3600 * 1000;
+  if (key == "task_deadline_ms")
+    return ms_field{&out.task_deadline, 1, day};
+  if (key == "retry_backoff_ms")
+    return ms_field{&out.retry_backoff, 0, 60000};
+  if (key == "retry_backoff_max_ms")
+    return ms_field{&out.retry_backoff_max, 0, 600000};
+  if (key == "open_timeout_ms")
+    return ms_field{&out.open_timeout, 1, day};
+  if (key == "withdraw_timeout_ms")
+    return ms_field{&out.withdraw_timeout, 1, day};
+  if (key == "handshake_timeout_ms")
+    return ms_field{&out.handshake_timeout, 1, day};
+  return std::nullopt;
+}
+
 caf::error parse_kvferry_object(std::string_view source, const json::object& obj,
                                 settings& out) {
   for (const auto& [key, value] : obj) {
@@ -171,16 +195,41 @@ caf::error parse_kvferry_object(std::string_view source, const json::object& obj
       if (!r)
         return r.error();
       (key == "worker_count" ? out.worker_count : out.tcp_worker_count) = static_cast<uint32_t>(*r);
-    } else if (key == "task_deadline_ms") {
-      auto r = get_unsigned(c, value, 1, 24ULL * 3600 * 1000);
+    } else if (auto ms = millisecond_field(key, out)) {
+      auto r = get_unsigned(c, value, ms->lo, ms->hi);
       if (!r)
         return r.error();
-      out.task_deadline = std::chrono::milliseconds{*r};
+      *ms->target = std::chrono::milliseconds{*r};
     } else if (key == "retry_limit") {
       auto r = get_unsigned(c, value, 0, 100);
       if (!r)
         return r.error();
       out.retry_limit = static_cast<uint32_t>(*r);
+    } else if (key == "max_connections" || key == "max_connections_per_host"
+               || key == "peer_max_queued_messages" || key == "notify_inbox_messages") {
+      auto r = get_unsigned(c, value, 1, 1u << 20);
+      if (!r)
+        return r.error();
+      auto v = static_cast<uint32_t>(*r);
+      if (key == "max_connections")
+        out.max_connections = v;
+      else if (key == "max_connections_per_host")
+        out.max_connections_per_host = v;
+      else if (key == "peer_max_queued_messages")
+        out.peer_max_queued_messages = v;
+      else
+        out.notify_inbox_messages = v;
+    } else if (key == "peer_max_queued_bytes" || key == "reply_budget"
+               || key == "notify_inbox_bytes") {
+      auto r = get_size(c, value, key == "reply_budget" ? 4 << 20 : 64 << 10);
+      if (!r)
+        return r.error();
+      if (key == "peer_max_queued_bytes")
+        out.peer_max_queued_bytes = *r;
+      else if (key == "reply_budget")
+        out.reply_budget = *r;
+      else
+        out.notify_inbox_bytes = *r;
     } else if (key == "rpc_port" || key == "data_port") {
       auto r = get_unsigned(c, value, 0, 65535);
       if (!r)
@@ -208,6 +257,23 @@ caf::error parse_kvferry_object(std::string_view source, const json::object& obj
 }
 
 } // namespace
+
+std::vector<std::string> unused_fields(const settings& s) {
+  std::vector<std::string> out;
+  auto source = s.source;
+  if (!s.device_names.empty() && s.transport != protocol::rdma)
+    out.push_back(source + ": device_name is set, but protocol is tcp: the RDMA NICs it names are "
+                           "not used");
+  if (!s.device_names.empty() && s.transport == protocol::rdma)
+    out.push_back(source + ": device_name is parsed, but this version has no RDMA data path");
+  if (!s.master_server_address.empty())
+    out.push_back(source + ": master_server_address is parsed, but this version has no store "
+                           "client: it is not used");
+  if (s.local_buffer_size != settings{}.local_buffer_size)
+    out.push_back(source + ": local_buffer_size is parsed, but this version has no store client "
+                           "staging buffer: it is not used");
+  return out;
+}
 
 const char* to_string(protocol p) noexcept {
   return p == protocol::rdma ? "rdma" : "tcp";
@@ -420,8 +486,7 @@ caf::expected<settings> parse(std::string_view text, std::string_view source) {
       (key == "global_segment_size" ? out.global_segment_size : out.local_buffer_size) = *r;
     } else if (key == "kvferry") {
       if (!value.is_object())
-        return c.fail(value, "an object with kvferry's settings (slice_size, tcp_slice_size, worker_count, tcp_worker_count, "
-                             "task_deadline_ms, retry_limit, rpc_port, data_port, log_level)");
+        return c.fail(value, "an object with kvferry's settings (see README.md, Configuration)");
       if (auto err = parse_kvferry_object(source, value.get_object(), out))
         return err;
     } else {

@@ -14,8 +14,13 @@
 ///   "global_segment_size": "4GB",               // number of bytes or a size string
 ///   "local_buffer_size": 1073741824,
 ///   "kvferry": {
-///     "slice_size": "64KiB", "tcp_slice_size": "1MiB", "worker_count": 2, "tcp_worker_count": 1, "task_deadline_ms": 10000, "retry_limit": 3,
-///     "rpc_port": 0, "data_port": 0, "log_level": "info"
+///     "slice_size": "64KiB", "tcp_slice_size": "1MiB", "worker_count": 2, "tcp_worker_count": 1,
+///     "task_deadline_ms": 10000, "retry_limit": 8, "retry_backoff_ms": 10,
+///     "retry_backoff_max_ms": 1000, "open_timeout_ms": 5000, "withdraw_timeout_ms": 5000,
+///     "rpc_port": 0, "data_port": 0, "log_level": "info",
+///     "max_connections": 1024, "max_connections_per_host": 1024, "handshake_timeout_ms": 10000,
+///     "peer_max_queued_messages": 256, "peer_max_queued_bytes": "64MiB",
+///     "reply_budget": "256MiB", "notify_inbox_messages": 4096, "notify_inbox_bytes": "16MiB"
 ///   }
 /// }
 /// Size strings: a decimal number with an optional unit B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB,
@@ -83,14 +88,40 @@ struct settings {
   uint32_t tcp_worker_count = 1;
   /// A task that is not terminal this long after submission resolves TIMEOUT.
   std::chrono::milliseconds task_deadline{10000};
-  /// A failed slice is retried on another worker at most this many times.
-  uint32_t retry_limit = 3;
+  /// A failed slice is retried at most this many times (on another worker when there is one), each
+  /// retry after a backoff, and never past the task's deadline.
+  uint32_t retry_limit = 8;
+  /// Delay before the first retry of a slice; it doubles with each attempt (the actual delay is
+  /// drawn between half and all of it) up to retry_backoff_max.
+  std::chrono::milliseconds retry_backoff{10};
+  std::chrono::milliseconds retry_backoff_max{1000};
+  /// How long open_segment, and a notification to another node, wait for the peer's node.
+  std::chrono::milliseconds open_timeout{5000};
+  /// How long free_batch waits for targets to confirm that withdrawn WRITEs move no more bytes.
+  std::chrono::milliseconds withdraw_timeout{5000};
   /// Control-plane (CAF) port; 0 picks a free one. A port in local_hostname sets it too.
   uint16_t rpc_port = 0;
   /// Data-plane (ZeroMQ TCP) port; 0 picks a free one.
   uint16_t data_port = 0;
   /// trace, debug, info, warn, error, critical or off.
   std::string log_level = "info";
+
+  // -- What peers may cost (each listening port; docs/ARCHITECTURE.md gives the memory bound) ---
+  /// Connections at once; beyond it the one idle the longest is closed.
+  uint32_t max_connections = 1024;
+  /// Connections at once from one address.
+  uint32_t max_connections_per_host = 1024;
+  /// A connection that does not finish the ZMTP handshake in this time is closed.
+  std::chrono::milliseconds handshake_timeout{10000};
+  /// Replies queued for one peer (messages, bytes) before the node stops reading its requests.
+  uint32_t peer_max_queued_messages = 256;
+  uint64_t peer_max_queued_bytes = 64ULL << 20;
+  /// Bytes queued replies hold on the data port (copies, headers, bookkeeping), over all peers;
+  /// the control port uses the same figure, at most 32 MiB. At least 4 MiB.
+  uint64_t reply_budget = 256ULL << 20;
+  /// Notifications kept for get_notifies (count, bytes); beyond them new ones are refused.
+  uint32_t notify_inbox_messages = 4096;
+  uint64_t notify_inbox_bytes = 16ULL << 20;
 
   /// Fields the parser did not know, each as a ready-to-log warning.
   std::vector<std::string> warnings;
@@ -115,6 +146,10 @@ struct settings {
 /// Parses "P2PHANDSHAKE", "http://...", "etcd://h:p[,h:p]", "redis://h:p" or "h:p" (etcd).
 [[nodiscard]] caf::expected<metadata_server> parse_metadata_server(std::string_view text,
                                                                    std::string_view what);
+
+/// Fields that were set but that this version does not use yet (device_name without RDMA,
+/// master_server_address without a store, local_buffer_size), each as a ready-to-log sentence.
+[[nodiscard]] std::vector<std::string> unused_fields(const settings& s);
 
 [[nodiscard]] const char* to_string(protocol p) noexcept;
 [[nodiscard]] const char* to_string(metadata_kind k) noexcept;
