@@ -9,8 +9,11 @@
 ///
 /// This header includes nothing from actors/: transports know nothing about actors.
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,12 +46,19 @@ struct slice_op {
   uint64_t remote_addr = 0;
   uint64_t length = 0;
   memory::location local_where;
+  /// The task's deadline (steady clock, nanoseconds since its epoch): a slice still waiting for a
+  /// connection, or sent and unanswered, is given up at this time and its window slot freed.
+  int64_t deadline_ns = 0;
+
+  [[nodiscard]] std::chrono::steady_clock::time_point deadline() const noexcept {
+    return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
+  }
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, slice_op& x) {
   return f(caf::meta::type_name("kvferry::slice_op"), x.id, x.op, x.peer, x.remote_key,
-           x.local_addr, x.remote_addr, x.length, x.local_where);
+           x.local_addr, x.remote_addr, x.length, x.local_where, x.deadline_ns);
 }
 
 /// What became of one slice.
@@ -84,6 +94,65 @@ struct capabilities {
 /// Receives completions, in batches, on the data path's own thread (or inline from post()).
 using completion_sink = std::function<void(std::vector<slice_completion>&&)>;
 
+/// Lets a data path touch a slice's local memory only while the slice's owner still wants it.
+/// The owner (the transfer coordinator) opens a slice's gate when it posts the slice and closes
+/// it when the slice is done with (completed, retried under a new id, or its task resolved); a
+/// data path enters the gate around every access to the slice's local memory that happens after
+/// post() returned (copying a READ reply into place, staging a WRITE's bytes). Closing waits while
+/// a data path is inside, so once a task is terminal nothing writes into its local buffer.
+///
+/// Slice ids are (generation << 32 | slot); a gate belongs to one slot and opens for one
+/// generation at a time. Gates are allocated in chunks as slots appear and never freed while the
+/// table lives.
+class slice_gates {
+public:
+  slice_gates();
+  ~slice_gates();
+  slice_gates(const slice_gates&) = delete;
+  slice_gates& operator=(const slice_gates&) = delete;
+
+  /// Owner: opens the gate of `slot` for `generation`.
+  void open(uint32_t slot, uint32_t generation);
+  /// Owner: closes the gate of `slot`, waiting while a data path is inside.
+  void close(uint32_t slot) noexcept;
+  /// Data path: enters the gate of slice `id`; false when it is closed or belongs to another
+  /// generation (then the slice's memory must not be touched).
+  [[nodiscard]] bool enter(uint64_t id) noexcept;
+  /// Data path: leaves a gate entered with enter().
+  void leave(uint64_t id) noexcept;
+
+  /// enter()/leave() as a scope.
+  class pass {
+  public:
+    pass(slice_gates* gates, uint64_t id) noexcept
+      : gates_(gates), id_(id), open_(gates == nullptr || gates->enter(id)) {}
+    ~pass() {
+      if (gates_ != nullptr && open_)
+        gates_->leave(id_);
+    }
+    pass(const pass&) = delete;
+    pass& operator=(const pass&) = delete;
+    explicit operator bool() const noexcept { return open_; }
+
+  private:
+    slice_gates* gates_;
+    uint64_t id_;
+    bool open_;
+  };
+
+private:
+  static constexpr uint32_t chunk_bits = 12;
+  static constexpr uint32_t chunk_size = 1u << chunk_bits;
+  static constexpr uint32_t max_chunks = 1u << 14;
+  std::atomic<uint64_t>* word(uint32_t slot, bool create);
+
+  std::unique_ptr<std::atomic<std::atomic<uint64_t>*>[]> chunks_;
+};
+
+/// What a withdrawal could not settle: the names of the segments that may still receive bytes of
+/// the withdrawn slices (a WRITE sent and neither acknowledged nor refused by its deadline).
+using unsettled_segments = std::vector<std::string>;
+
 class data_path {
 public:
   virtual ~data_path() = default;
@@ -93,6 +162,10 @@ public:
   /// Installs the sink; called once before the first post.
   virtual void set_sink(completion_sink sink) = 0;
 
+  /// Installs the owner's gates (see slice_gates); called once before the first post. A data path
+  /// that touches local memory after post() returned enters them; others may ignore them.
+  virtual void set_gates(std::shared_ptr<slice_gates> gates) { (void) gates; }
+
   /// Makes the peer described by `peer` reachable and returns its index for slice_op::peer.
   /// Idempotent per segment name; a changed descriptor (restarted peer) updates the entry.
   [[nodiscard]] virtual caf::expected<uint32_t> connect(const memory::segment_descriptor& peer) = 0;
@@ -101,10 +174,14 @@ public:
   /// completion unless it is withdrawn first.
   virtual void post(std::span<const slice_op> ops) = 0;
 
-  /// Stops the listed slices: once `done` runs, no byte of them moves any more and they get no
-  /// completion (a completion already queued may still arrive; the coordinator ignores it).
-  /// `done` may run inline or on the data path's thread.
-  virtual void withdraw(std::span<const uint64_t> ids, std::function<void()> done) = 0;
+  /// Stops the listed slices. `done` runs once (inline or on the data path's thread) when no byte
+  /// of them can move any more, locally or at the target (a sent WRITE was acknowledged or
+  /// refused), or at `deadline`: then the local side is released all the same (nothing of the
+  /// caller's memory is used afterwards) and `done` names the segments that may still receive
+  /// bytes. A completion already queued may still arrive; the coordinator ignores it.
+  virtual void withdraw(std::span<const uint64_t> ids,
+                        std::chrono::steady_clock::time_point deadline,
+                        std::function<void(unsettled_segments)> done) = 0;
 
   /// Ends all activity: in-flight slices complete with errc::shutting_down, threads stop,
   /// sockets close. Idempotent; the destructor calls it.

@@ -1,11 +1,8 @@
-#include "transport/local_path.hpp"
-
-#include <cstdio>
+#include "transport/local/path.hpp"
 
 #include "memory/device.hpp"
 
 namespace kvferry::transport {
-
 
 local_path::local_path(std::shared_ptr<memory::local_directory> directory,
                        std::shared_ptr<memory::region_registry> self)
@@ -33,9 +30,8 @@ caf::expected<uint32_t> local_path::connect(const memory::segment_descriptor& pe
 void local_path::post(std::span<const slice_op> ops) {
   std::vector<slice_completion> done;
   done.reserve(ops.size());
-  auto own = self_->snapshot();
-  // Snapshots per peer for this call: one atomic load per peer, not per slice.
-  std::vector<std::shared_ptr<const memory::region_table>> tables(peers_.size());
+  // Registries per peer for this call: one lookup per peer, not per slice.
+  std::vector<std::shared_ptr<memory::region_registry>> registries(peers_.size());
   for (const auto& op : ops) {
     slice_completion c{op.id, errc::none, false, 0};
     if (op.peer >= peers_.size()) {
@@ -43,20 +39,25 @@ void local_path::post(std::span<const slice_op> ops) {
       done.push_back(c);
       continue;
     }
-    auto& table = tables[op.peer];
-    if (!table) {
-      auto regions = peers_[op.peer].regions.lock();
-      if (!regions) {
-        c.code = errc::peer_unreachable;
-        done.push_back(c);
-        continue;
-      }
-      table = regions->snapshot();
+    auto& registry = registries[op.peer];
+    if (!registry)
+      registry = peers_[op.peer].regions.lock();
+    if (!registry || registry->closed()) {
+      c.code = errc::peer_unreachable; // the segment was shut down
+      done.push_back(c);
+      continue;
     }
-    const auto* remote = table->find(op.remote_addr, op.length);
-    const auto* local = own->find(op.local_addr, op.length);
-    if (remote == nullptr || local == nullptr) {
-      c.code = remote == nullptr ? errc::out_of_range : errc::unregistered_memory;
+    memory::location remote_where, local_where;
+    auto remote = registry->lease(op.remote_addr, op.length, &remote_where);
+    auto local = self_->lease(op.local_addr, op.length, &local_where);
+    if (!remote || !local) {
+      c.code = !remote ? errc::out_of_range : errc::unregistered_memory;
+      done.push_back(c);
+      continue;
+    }
+    slice_gates::pass gate(gates_.get(), op.id);
+    if (!gate) {
+      c.code = errc::timeout; // its task resolved meanwhile: nothing moves; the report is late
       done.push_back(c);
       continue;
     }
@@ -64,9 +65,9 @@ void local_path::post(std::span<const slice_op> ops) {
     auto* local_ptr = reinterpret_cast<void*>(op.local_addr);
     caf::error err;
     if (op.op == opcode::write)
-      err = memory::copy_bytes(remote_ptr, remote->where, local_ptr, local->where, op.length);
+      err = memory::copy_bytes(remote_ptr, remote_where, local_ptr, local_where, op.length);
     else
-      err = memory::copy_bytes(local_ptr, local->where, remote_ptr, remote->where, op.length);
+      err = memory::copy_bytes(local_ptr, local_where, remote_ptr, remote_where, op.length);
     if (err) {
       c.code = code_of(err) == errc::none ? errc::transport_failure : code_of(err);
     } else {
@@ -78,10 +79,11 @@ void local_path::post(std::span<const slice_op> ops) {
     sink_(std::move(done));
 }
 
-void local_path::withdraw(std::span<const uint64_t>, std::function<void()> done) {
+void local_path::withdraw(std::span<const uint64_t>, std::chrono::steady_clock::time_point,
+                          std::function<void(unsettled_segments)> done) {
   // post() completes every slice before it returns: nothing is ever in flight here.
   if (done)
-    done();
+    done({});
 }
 
 } // namespace kvferry::transport

@@ -1,6 +1,7 @@
 #pragma once
-/// The fault-injecting data path, for tests and the control-path benchmark. It moves no bytes:
-/// a successful slice reports its length as transferred.
+/// The fault-injecting data path, for tests and the control-path benchmark (a test double: it
+/// lives in tests/support and is never linked into the product libraries). It moves no bytes: a
+/// successful slice reports its length as transferred.
 ///
 /// Automatic mode (`fault_policy`): each posted slice is, at random, completed, failed, dropped
 /// (never reported), duplicated, delayed, or reported out of order. With every rate at zero it
@@ -58,7 +59,8 @@ public:
   void set_sink(completion_sink sink) override;
   [[nodiscard]] caf::expected<uint32_t> connect(const memory::segment_descriptor& peer) override;
   void post(std::span<const slice_op> ops) override;
-  void withdraw(std::span<const uint64_t> ids, std::function<void()> done) override;
+  void withdraw(std::span<const uint64_t> ids, std::chrono::steady_clock::time_point deadline,
+                std::function<void(unsettled_segments)> done) override;
   void stop() override;
 
   // -- manual mode ----------------------------------------------------------------------------
@@ -69,6 +71,11 @@ public:
   bool complete(uint64_t id, errc code = errc::none, bool retryable = true);
   /// Delivers any completion, held or not: duplicates, late and stale reports.
   void deliver(slice_completion completion);
+  /// From now on, withdrawals are held until confirm_withdrawal() (a peer that does not confirm).
+  void hold_withdrawals(bool hold);
+  [[nodiscard]] size_t held_withdrawals() const;
+  /// Confirms the oldest held withdrawal, naming what it could not settle; false if none is held.
+  bool confirm_withdrawal(unsettled_segments unsettled = {});
 
   [[nodiscard]] fault_counters counters() const;
 
@@ -83,6 +90,8 @@ private:
   mutable std::mutex mutex_;
   std::mt19937_64 rng_;
   std::vector<slice_op> held_;
+  bool hold_withdrawals_ = false;
+  std::vector<std::function<void(unsettled_segments)>> pending_withdrawals_;
   fault_counters counters_;
   // Delayed deliveries, by due time (automatic mode with max_delay > 0).
   std::multimap<std::chrono::steady_clock::time_point, slice_completion> delayed_;

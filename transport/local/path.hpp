@@ -2,7 +2,9 @@
 /// The same-process data path: memcpy (or cudaMemcpy) between regions registered by segments of
 /// this process. The target side's check runs here, before a byte moves: the remote range must lie
 /// inside one region the target segment registered (read from its live registry, not from a
-/// possibly stale descriptor).
+/// possibly stale descriptor). Each copy holds leases on both regions (so unregistering either
+/// waits for it, and a region being unregistered is not touched) and the slice's gate (so a task
+/// that is already terminal is not written).
 
 #include <memory>
 #include <string>
@@ -21,9 +23,11 @@ public:
 
   [[nodiscard]] const capabilities& caps() const noexcept override { return caps_; }
   void set_sink(completion_sink sink) override { sink_ = std::move(sink); }
+  void set_gates(std::shared_ptr<slice_gates> gates) override { gates_ = std::move(gates); }
   [[nodiscard]] caf::expected<uint32_t> connect(const memory::segment_descriptor& peer) override;
   void post(std::span<const slice_op> ops) override;
-  void withdraw(std::span<const uint64_t> ids, std::function<void()> done) override;
+  void withdraw(std::span<const uint64_t> ids, std::chrono::steady_clock::time_point deadline,
+                std::function<void(unsettled_segments)> done) override;
   void stop() override {}
 
 private:
@@ -36,6 +40,7 @@ private:
   std::shared_ptr<memory::local_directory> directory_;
   std::shared_ptr<memory::region_registry> self_;
   completion_sink sink_;
+  std::shared_ptr<slice_gates> gates_;
   std::vector<peer_entry> peers_;
 };
 

@@ -1,5 +1,5 @@
 #pragma once
-/// kvferry's ZeroMQ TCP data-plane frames. Little-endian, fixed size, versioned.
+/// kvferry's TCP data-plane frames (carried in ZMTP messages). Little-endian, fixed size, versioned.
 ///
 /// request = [N request headers (N x 48 bytes)] [data: the WRITE entries' bytes, in order]
 /// reply   = [N reply headers (N x 32 bytes)]     [data: the successful READ entries' bytes, in order]
@@ -14,7 +14,9 @@
 ///                 bytes of this entry are in the data frame) | id u64 | bytes u64 | reserved u64
 ///
 /// Everything a peer sends is decoded with these functions, which reject wrong sizes, magic,
-/// versions, opcodes and lengths instead of trusting them.
+/// versions, opcodes, lengths and non-zero reserved fields instead of trusting them. A request
+/// whose entries cannot all be decoded is refused whole: every entry whose id is readable (its
+/// 48 bytes are there) gets a reply with errc::malformed_frame, so its sender learns at once.
 
 #include <cstdint>
 #include <cstring>
@@ -83,7 +85,7 @@ inline void encode(const reply_header& h, uint8_t* out) {
 }
 
 /// Why a frame was refused, for the log; empty optional means the frame is well formed.
-enum class decode_error : uint8_t { size, magic, version, opcode, length };
+enum class decode_error : uint8_t { size, magic, version, opcode, length, reserved };
 
 [[nodiscard]] inline const char* to_string(decode_error e) noexcept {
   switch (e) {
@@ -92,6 +94,7 @@ enum class decode_error : uint8_t { size, magic, version, opcode, length };
     case decode_error::version: return "unsupported version";
     case decode_error::opcode: return "unknown opcode";
     case decode_error::length: return "length is 0 or above the 64 MiB frame limit";
+    case decode_error::reserved: return "a reserved field is not zero";
   }
   return "?";
 }
@@ -115,6 +118,10 @@ enum class decode_error : uint8_t { size, magic, version, opcode, length };
   }
   if (p[6] > static_cast<uint8_t>(frame_op::write)) {
     err = decode_error::opcode;
+    return false;
+  }
+  if (p[7] != 0 || detail::get64(p + 40) != 0) {
+    err = decode_error::reserved;
     return false;
   }
   out.op = static_cast<frame_op>(p[6]);
@@ -145,6 +152,10 @@ enum class decode_error : uint8_t { size, magic, version, opcode, length };
   }
   if (p[6] > static_cast<uint8_t>(errc_last) || p[7] > 1) {
     err = decode_error::opcode;
+    return false;
+  }
+  if (detail::get64(p + 24) != 0) {
+    err = decode_error::reserved;
     return false;
   }
   out.status = static_cast<errc>(p[6]);

@@ -1,4 +1,4 @@
-#include "transport/fault_path.hpp"
+#include "tests/support/fault_path.hpp"
 
 #include <algorithm>
 #include <unordered_set>
@@ -85,9 +85,21 @@ void fault_path::post(std::span<const slice_op> ops) {
     deliver_batch(std::move(now));
 }
 
-void fault_path::withdraw(std::span<const uint64_t> ids, std::function<void()> done) {
+void fault_path::withdraw(std::span<const uint64_t> ids, std::chrono::steady_clock::time_point,
+                          std::function<void(unsettled_segments)> done) {
   {
     std::lock_guard<std::mutex> guard(mutex_);
+    if (manual_ && hold_withdrawals_) {
+      // The test decides when (and with what) this withdrawal is confirmed.
+      std::unordered_set<uint64_t> gone(ids.begin(), ids.end());
+      auto before = held_.size();
+      held_.erase(std::remove_if(held_.begin(), held_.end(),
+                                 [&](const slice_op& op) { return gone.count(op.id) > 0; }),
+                  held_.end());
+      counters_.withdrawn += before - held_.size();
+      pending_withdrawals_.push_back(std::move(done));
+      return;
+    }
     std::unordered_set<uint64_t> gone(ids.begin(), ids.end());
     auto before = held_.size();
     held_.erase(std::remove_if(held_.begin(), held_.end(),
@@ -106,7 +118,31 @@ void fault_path::withdraw(std::span<const uint64_t> ids, std::function<void()> d
     }
   }
   if (done)
-    done();
+    done({});
+}
+
+void fault_path::hold_withdrawals(bool hold) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  hold_withdrawals_ = hold;
+}
+
+size_t fault_path::held_withdrawals() const {
+  std::lock_guard<std::mutex> guard(mutex_);
+  return pending_withdrawals_.size();
+}
+
+bool fault_path::confirm_withdrawal(unsettled_segments unsettled) {
+  std::function<void(unsettled_segments)> done;
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    if (pending_withdrawals_.empty())
+      return false;
+    done = std::move(pending_withdrawals_.front());
+    pending_withdrawals_.erase(pending_withdrawals_.begin());
+  }
+  if (done)
+    done(std::move(unsettled));
+  return true;
 }
 
 void fault_path::stop() {

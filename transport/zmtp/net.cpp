@@ -1,0 +1,188 @@
+#include "transport/zmtp/net.hpp"
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "config/error.hpp"
+
+namespace kvferry::transport::zmtp {
+
+namespace {
+
+std::string strip_brackets(const std::string& host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    return host.substr(1, host.size() - 2);
+  return host;
+}
+
+struct addrinfo_list {
+  addrinfo* list = nullptr;
+  ~addrinfo_list() {
+    if (list)
+      ::freeaddrinfo(list);
+  }
+};
+
+} // namespace
+
+void unique_fd::reset() noexcept {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+}
+
+bool valid_host(const std::string& host) noexcept {
+  if (host.empty() || host.size() > 255)
+    return false;
+  for (char c : host) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.'
+              || c == '-' || c == '_' || c == ':' || c == '[' || c == ']' || c == '%';
+    if (!ok)
+      return false;
+  }
+  return true;
+}
+
+bool parse_tcp_endpoint(const std::string& endpoint, std::string& host, uint16_t& port) {
+  constexpr std::string_view scheme = "tcp://";
+  if (endpoint.size() > 512 || endpoint.compare(0, scheme.size(), scheme) != 0)
+    return false;
+  auto rest = std::string_view(endpoint).substr(scheme.size());
+  auto colon = rest.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 >= rest.size())
+    return false;
+  unsigned value = 0;
+  auto digits = rest.substr(colon + 1);
+  auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+  if (ec != std::errc{} || p != digits.data() + digits.size() || value == 0 || value > 65535)
+    return false;
+  std::string h(rest.substr(0, colon));
+  if (!valid_host(h))
+    return false;
+  // A bare IPv6 address needs brackets ("tcp://[::1]:5"); "tcp://::1:5" is ambiguous.
+  if (h.find(':') != std::string::npos && h.front() != '[')
+    return false;
+  host = std::move(h);
+  port = static_cast<uint16_t>(value);
+  return true;
+}
+
+caf::expected<unique_fd> listen_tcp(const std::string& host, uint16_t port, int backlog) {
+  auto where = [&] { return host + ":" + std::to_string(port); };
+  if (!valid_host(host))
+    return make_error(errc::invalid_argument, "listen on '" + host + "': not a host name or address");
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo_list res;
+  auto service = std::to_string(port);
+  auto h = strip_brackets(host);
+  int rc = ::getaddrinfo(h == "*" ? nullptr : h.c_str(), service.c_str(), &hints, &res.list);
+  if (rc != 0)
+    return make_error(errc::invalid_argument,
+                      "listen on " + where() + ": cannot resolve the host: " + ::gai_strerror(rc));
+  std::string last = "no address";
+  for (auto* ai = res.list; ai != nullptr; ai = ai->ai_next) {
+    unique_fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                          ai->ai_protocol));
+    if (!fd) {
+      last = std::strerror(errno);
+      continue;
+    }
+    int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), backlog) != 0) {
+      last = std::strerror(errno);
+      continue;
+    }
+    return fd;
+  }
+  return make_error(errc::transport_failure, "listen on " + where() + ": " + last);
+}
+
+uint16_t local_port(int fd) noexcept {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+    return 0;
+  if (ss.ss_family == AF_INET)
+    return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  if (ss.ss_family == AF_INET6)
+    return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+  return 0;
+}
+
+caf::expected<unique_fd> connect_tcp(const std::string& host, uint16_t port) {
+  auto where = [&] { return host + ":" + std::to_string(port); };
+  if (!valid_host(host) || port == 0)
+    return make_error(errc::invalid_argument,
+                      "connect to '" + where() + "': not a host name or address and port");
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo_list res;
+  auto service = std::to_string(port);
+  auto h = strip_brackets(host);
+  int rc = ::getaddrinfo(h.c_str(), service.c_str(), &hints, &res.list);
+  if (rc != 0)
+    return make_error(errc::peer_unreachable,
+                      "connect to " + where() + ": cannot resolve the host: " + ::gai_strerror(rc));
+  std::string last = "no address";
+  for (auto* ai = res.list; ai != nullptr; ai = ai->ai_next) {
+    unique_fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                          ai->ai_protocol));
+    if (!fd) {
+      last = std::strerror(errno);
+      continue;
+    }
+    int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS)
+      return fd;
+    last = std::strerror(errno);
+  }
+  return make_error(errc::peer_unreachable, "connect to " + where() + ": " + last);
+}
+
+std::string peer_host(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+    return "?";
+  char text[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET)
+    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, text, sizeof(text));
+  else if (ss.ss_family == AF_INET6)
+    ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, text, sizeof(text));
+  else
+    return "?";
+  return text;
+}
+
+doorbell::doorbell() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+
+void doorbell::ring() noexcept {
+  uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(fd_.get(), &one, sizeof(one));
+}
+
+void doorbell::drain() noexcept {
+  uint64_t value;
+  while (::read(fd_.get(), &value, sizeof(value)) > 0) {
+  }
+}
+
+} // namespace kvferry::transport::zmtp
