@@ -26,7 +26,7 @@ public:
 class runtime {
 public:
   struct options {
-    /// Load CAF's network layer (needed by nodes that publish or open remote segments).
+    /// Engines on this runtime serve and reach other nodes (control and data planes over TCP).
     bool network = false;
     /// Scheduler threads; 0 keeps CAF's default (one per core).
     size_t scheduler_threads = 0;

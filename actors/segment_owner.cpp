@@ -7,7 +7,6 @@
 
 #include "config/error.hpp"
 #include "config/log.hpp"
-#include "memory/device.hpp"
 
 namespace kvferry {
 
@@ -18,8 +17,10 @@ struct owner_state {
   uint64_t incarnation = 0;
   std::shared_ptr<memory::region_registry> registry;
   std::vector<memory::transport_endpoint> endpoints;
+  inbox_limits limits;
   std::deque<notification> inbox;
-  uint64_t dropped_notifications = 0;
+  size_t inbox_bytes = 0;
+  uint64_t refused_notifications = 0;
 };
 
 memory::segment_descriptor describe_segment(const owner_state& st) {
@@ -36,43 +37,37 @@ memory::segment_descriptor describe_segment(const owner_state& st) {
 
 segment_owner_actor::behavior_type owner_impl(segment_owner_actor::stateful_pointer<owner_state> self,
                                               std::string name, uint64_t incarnation,
-                                              std::shared_ptr<memory::region_registry> registry) {
+                                              std::shared_ptr<memory::region_registry> registry,
+                                              inbox_limits limits) {
   self->state.name = std::move(name);
   self->state.incarnation = incarnation;
   self->state.registry = std::move(registry);
+  self->state.limits = limits;
   return {
     [self](describe_atom) { return describe_segment(self->state); },
-    [self](notify_atom, std::string& from, std::string& message) {
+    [self](notify_atom, std::string& from, std::string& message) -> caf::result<bool> {
       auto& st = self->state;
-      if (from.size() > 256 || message.size() > max_notification_bytes) {
-        log::warn("segment '{}': rejected a notification from '{}' of {} bytes (limit {})",
-                  st.name, from.substr(0, 64), message.size(), max_notification_bytes);
-        return;
+      if (from.empty() || from.size() > max_notification_sender
+          || message.size() > max_notification_bytes)
+        return make_error(errc::invalid_argument,
+                          "segment '" + st.name + "': a notification from '" + from.substr(0, 64)
+                            + "' of " + std::to_string(message.size())
+                            + " bytes exceeds the limits (sender 1-256 bytes, message up to "
+                            + std::to_string(max_notification_bytes) + ")");
+      auto cost = from.size() + message.size();
+      if (st.inbox.size() >= st.limits.messages || st.inbox_bytes + cost > st.limits.bytes) {
+        if (st.refused_notifications++ % 1024 == 0)
+          log::warn("segment '{}': notification inbox full ({} of {} messages, {} of {} bytes): "
+                    "refused a notification from '{}' ({} refused so far)",
+                    st.name, st.inbox.size(), st.limits.messages, st.inbox_bytes, st.limits.bytes,
+                    from.substr(0, 64), st.refused_notifications);
+        return make_error(errc::busy, "segment '" + st.name + "': its notification inbox is full ("
+                                        + std::to_string(st.inbox.size()) + " messages, "
+                                        + std::to_string(st.inbox_bytes)
+                                        + " bytes); its engine has not taken them");
       }
-      if (st.inbox.size() >= max_pending_notifications) {
-        st.inbox.pop_front();
-        if (st.dropped_notifications++ % 1024 == 0)
-          log::warn("segment '{}': notification inbox full ({}), dropping the oldest", st.name,
-                    max_pending_notifications);
-      }
+      st.inbox_bytes += cost;
       st.inbox.push_back(notification{std::move(from), std::move(message)});
-    },
-    [self](register_atom, uint64_t addr, uint64_t length,
-           const std::string& where) -> caf::result<bool> {
-      auto loc = memory::parse_location(where);
-      if (!loc)
-        return loc.error();
-      if (auto err = memory::check_location_usable(*loc))
-        return err;
-      auto added = self->state.registry->add(addr, length, *loc);
-      if (!added)
-        return added.error();
-      return true;
-    },
-    [self](unregister_atom, uint64_t addr) -> caf::result<bool> {
-      auto removed = self->state.registry->remove(addr);
-      if (!removed)
-        return removed.error();
       return true;
     },
     [self](attach_atom, memory::transport_endpoint& ep) {
@@ -87,10 +82,17 @@ segment_owner_actor::behavior_type owner_impl(segment_owner_actor::stateful_poin
     },
     [self](attach_atom, std::string& name) { self->state.name = std::move(name); },
     [self](drain_atom) {
-      std::vector<notification> out(std::make_move_iterator(self->state.inbox.begin()),
-                                    std::make_move_iterator(self->state.inbox.end()));
-      self->state.inbox.clear();
+      auto& st = self->state;
+      std::vector<notification> out(std::make_move_iterator(st.inbox.begin()),
+                                    std::make_move_iterator(st.inbox.end()));
+      st.inbox.clear();
+      st.inbox = {}; // give the memory back
+      st.inbox_bytes = 0;
       return out;
+    },
+    [self](stats_atom) {
+      auto& st = self->state;
+      return caf::make_result(static_cast<uint64_t>(st.inbox.size()), st.refused_notifications);
     },
   };
 }
@@ -101,7 +103,7 @@ segment_public_actor::behavior_type public_face_impl(segment_public_actor::point
   return {
     [self, owner](describe_atom) { return self->delegate(owner, describe_atom::value); },
     [self, owner](notify_atom, std::string& from, std::string& message) {
-      self->send(owner, notify_atom::value, std::move(from), std::move(message));
+      return self->delegate(owner, notify_atom::value, std::move(from), std::move(message));
     },
   };
 }
@@ -110,8 +112,9 @@ segment_public_actor::behavior_type public_face_impl(segment_public_actor::point
 
 segment_owner_actor spawn_segment_owner(caf::actor_system& sys, std::string name,
                                         uint64_t incarnation,
-                                        std::shared_ptr<memory::region_registry> registry) {
-  return sys.spawn(owner_impl, std::move(name), incarnation, std::move(registry));
+                                        std::shared_ptr<memory::region_registry> registry,
+                                        inbox_limits limits) {
+  return sys.spawn(owner_impl, std::move(name), incarnation, std::move(registry), limits);
 }
 
 segment_public_actor spawn_segment_public_face(caf::actor_system& sys, segment_owner_actor owner) {

@@ -1,21 +1,21 @@
 #pragma once
-/// Role: segment owner. Owns this node's segment: its registered memory regions and the descriptor
-/// peers open it by. It is the only writer of the segment's region registry; the data paths that
-/// serve peers read the registry's published snapshot to check every remote access (the whole
-/// range inside one registered region) before a byte moves.
+/// Role: segment owner. Owns this node's segment as peers see it: the descriptor peers open it by
+/// (built from the segment's region registry, its endpoints, name and incarnation) and the inbox of
+/// notifications peers sent it. The region registry itself is thread-safe and written by the
+/// engine's register/unregister calls (memory/region_registry.hpp: unregistering waits for the
+/// region's users, which must not block an actor).
 ///
 /// Protocol, local (from the engine on this node only):
-///   register(addr, length, location) -> bool    add a region (rejects overlap, zero length)
-///   unregister(addr) -> bool                    remove the region starting at addr
 ///   attach(endpoint)                            announce a data-path endpoint in the descriptor
 ///   attach(name)                                set the segment's name (known once the node's
 ///                                               control port is bound)
 ///   drain -> notifications                      take the notifications received so far
-/// Protocol, public (what peers may send; the node publishes a segment_public_actor face):
+/// Protocol, public (what peers may ask; the node's control plane reaches the public face only):
 ///   describe -> segment_descriptor              the current descriptor
-///   notify(from, message)                       a peer's notification, queued for drain
+///   notify(from, message) -> bool               a peer's notification, queued for drain; refused
+///                                               (errc::busy) when the inbox is full
 ///
-///   [serving] --register/unregister--> registry snapshot republished --> [serving]
+///   [serving] --notify--> inbox (bounded: count and bytes) --drain--> engine
 
 #include <cstdint>
 #include <memory>
@@ -48,24 +48,30 @@ typename Inspector::result_type inspect(Inspector& f, notification& x) {
 /// What peers may ask of a segment.
 using segment_public_actor = caf::typed_actor<
   caf::replies_to<describe_atom>::with<memory::segment_descriptor>,
-  caf::reacts_to<notify_atom, std::string, std::string>>;
+  caf::replies_to<notify_atom, std::string, std::string>::with<bool>>;
 
 /// Everything the local engine may ask (a superset of the public face).
 using segment_owner_actor = segment_public_actor::extend<
-  caf::replies_to<register_atom, uint64_t, uint64_t, std::string>::with<bool>,
-  caf::replies_to<unregister_atom, uint64_t>::with<bool>,
   caf::reacts_to<attach_atom, memory::transport_endpoint>,
   caf::reacts_to<attach_atom, std::string>,
-  caf::replies_to<drain_atom>::with<std::vector<notification>>>;
+  caf::replies_to<drain_atom>::with<std::vector<notification>>,
+  caf::replies_to<stats_atom>::with<uint64_t, uint64_t>>;
 
-/// Notifications kept per segment before the oldest are dropped (and counted in the log).
-inline constexpr size_t max_pending_notifications = 65536;
 /// Longest notification accepted from a peer.
 inline constexpr size_t max_notification_bytes = 64 << 10;
+/// Longest sender name of a notification.
+inline constexpr size_t max_notification_sender = 256;
+
+/// Bounds of a segment's notification inbox: beyond either, new notifications are refused (the
+/// sender's notify returns errc::busy) and counted, and those already queued are kept.
+struct inbox_limits {
+  size_t messages = 4096;
+  size_t bytes = 16 << 20;
+};
 
 [[nodiscard]] segment_owner_actor spawn_segment_owner(
   caf::actor_system& sys, std::string name, uint64_t incarnation,
-  std::shared_ptr<memory::region_registry> registry);
+  std::shared_ptr<memory::region_registry> registry, inbox_limits limits = {});
 
 /// A face that forwards only the public protocol to `owner`; this is what a node publishes.
 [[nodiscard]] segment_public_actor spawn_segment_public_face(caf::actor_system& sys,

@@ -4,6 +4,7 @@
 #include <functional>
 #include <limits>
 #include <queue>
+#include <random>
 #include <set>
 #include <unordered_map>
 
@@ -21,8 +22,11 @@ using clock_type = caf::actor_clock;
 using time_point = clock_type::time_point;
 
 constexpr uint32_t no_slot = std::numeric_limits<uint32_t>::max();
+constexpr uint32_t no_worker = std::numeric_limits<uint32_t>::max();
 /// Deadlines are checked at most this often (a task times out at most this late).
 constexpr auto timer_granularity = std::chrono::milliseconds(1);
+/// How much longer than the withdraw timeout the coordinator waits for a worker's answer.
+constexpr auto worker_answer_margin = std::chrono::seconds(1);
 
 constexpr uint64_t make_id(uint32_t generation, uint32_t slot) noexcept {
   return (uint64_t{generation} << 32) | slot;
@@ -37,8 +41,11 @@ constexpr uint32_t generation_of(uint64_t id) noexcept {
 struct slice_entry {
   uint32_t generation = 0;
   uint32_t task = no_slot;
-  uint32_t worker = 0;
+  /// The worker holding the current attempt; no_worker while it waits for its retry.
+  uint32_t worker = no_worker;
   uint32_t attempts = 0;
+  /// The worker of the last failed attempt (a retry prefers another).
+  uint32_t failed_worker = no_worker;
   uint64_t offset = 0;
   uint64_t length = 0;
   bool live = false;
@@ -60,6 +67,8 @@ struct task_entry {
   std::vector<uint32_t> slices;
   /// The submit-with-notify group this task belongs to, or no_slot.
   uint32_t group = no_slot;
+  /// The last failure of one of its slices, for the reason of a TIMEOUT.
+  std::string last_error;
 };
 
 /// The tasks of one submit-with-notify: the notification goes out when the last one resolves,
@@ -88,10 +97,27 @@ struct segment_entry {
   uint64_t slice_size = 0;       // for tasks to this segment
 };
 
-struct deadline_entry {
+struct timed_entry {
   time_point when;
-  uint64_t task_id;
-  bool operator>(const deadline_entry& other) const noexcept { return when > other.when; }
+  uint64_t id; // a task id (deadlines) or a slice id (retries)
+  bool operator>(const timed_entry& other) const noexcept { return when > other.when; }
+};
+
+using timed_heap = std::priority_queue<timed_entry, std::vector<timed_entry>, std::greater<>>;
+
+/// One withdraw request sent to a worker and not yet answered.
+struct withdrawal_record {
+  std::vector<uint64_t> batches;
+  /// Segments its WRITE slices went to (all named if the worker never answers).
+  std::set<std::string> write_segments;
+};
+
+/// What free(batch) waits for: the batch's withdrawals still unanswered, and what they could not
+/// settle.
+struct withdrawal_book {
+  uint32_t pending = 0;
+  std::set<std::string> unsettled;
+  std::vector<caf::typed_response_promise<std::vector<std::string>>> waiters;
 };
 
 struct coordinator_state {
@@ -105,17 +131,20 @@ struct coordinator_state {
   std::unordered_map<uint64_t, batch_record> batches;
   std::vector<notify_group> groups;
   std::vector<uint32_t> free_groups;
-  std::priority_queue<deadline_entry, std::vector<deadline_entry>, std::greater<>> deadlines;
+  timed_heap deadlines;
+  timed_heap retries;
   time_point next_timer = time_point::max();
+  std::mt19937_64 rng;
   // Messages to workers collected while handling one message, sent by flush().
   std::vector<std::vector<transport::slice_op>> outbox_post;
   std::vector<std::vector<uint64_t>> outbox_withdraw;
-  // Withdraw requests sent and not yet confirmed, by sequence number. free() and stop() reply only
-  // once every withdrawal sent before them is confirmed, whichever resolution sent it: a task that
-  // timed out or failed earlier may still have a slice queued at a worker.
+  std::vector<withdrawal_record> outbox_withdraw_info;
+  // Withdraw requests sent and not yet confirmed, by sequence number. stop() replies only once
+  // every one of them is confirmed; free(batch) once those of its batch are.
   uint64_t withdrawals_sent = 0;
-  std::set<uint64_t> withdrawals_unconfirmed;
-  std::vector<std::pair<uint64_t, std::function<void()>>> withdrawal_waiters; // (last seq, done)
+  std::unordered_map<uint64_t, withdrawal_record> withdrawals_unconfirmed;
+  std::unordered_map<uint64_t, withdrawal_book> books;
+  std::vector<std::function<void()>> stop_waiters;
   coordinator_stats stats;
   bool stopping = false;
   static inline const char* name = "kvferry.coordinator";
@@ -133,10 +162,19 @@ uint32_t allocate_slice(coordinator_state& st) {
   return static_cast<uint32_t>(st.slices.size() - 1);
 }
 
+/// Ends the slice's current attempt: closes its gate (waiting while a data path copies its bytes)
+/// and moves to a new generation, so any report still naming the old id is recognisably stale.
+void end_attempt(coordinator_state& st, uint32_t slot) {
+  if (st.settings.gates)
+    st.settings.gates->close(slot);
+  ++st.slices[slot].generation;
+}
+
 void release_slice(coordinator_state& st, uint32_t slot) {
   auto& s = st.slices[slot];
   s.live = false;
-  ++s.generation; // any report still naming the old id is now recognisably stale
+  s.worker = no_worker;
+  end_attempt(st, slot);
   st.free_slices.push_back(slot);
 }
 
@@ -150,7 +188,7 @@ uint32_t allocate_task(coordinator_state& st) {
   return static_cast<uint32_t>(st.tasks.size() - 1);
 }
 
-/// Queues slice `slot` for worker `w`.
+/// Queues slice `slot` for worker `w`, under its current id, with its gate open.
 void post_slice(coordinator_state& st, uint32_t slot, uint32_t w) {
   auto& s = st.slices[slot];
   const auto& t = st.tasks[s.task];
@@ -165,6 +203,10 @@ void post_slice(coordinator_state& st, uint32_t slot, uint32_t w) {
   op.remote_addr = t.spec.remote_addr + s.offset;
   op.length = s.length;
   op.local_where = t.spec.local_where;
+  op.deadline_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     t.deadline.time_since_epoch()).count();
+  if (st.settings.gates)
+    st.settings.gates->open(slot, s.generation);
   st.outbox_post[w].push_back(op);
   ++st.stats.slices_posted;
 }
@@ -175,10 +217,9 @@ void group_task_resolved(coordinator_state& st, uint32_t g, bool completed) {
   group.all_completed = group.all_completed && completed;
   if (--group.unresolved > 0)
     return;
-  if (group.all_completed) {
+  if (group.all_completed && group.spec.send) {
     // Every WRITE of the submission is confirmed in place at the target: announce it.
-    caf::anon_send(group.spec.target, notify_atom::value, std::move(group.spec.from),
-                   std::move(group.spec.message));
+    group.spec.send(std::move(group.spec.from), std::move(group.spec.message));
     ++st.stats.notifies_sent;
   } else {
     ++st.stats.notifies_dropped;
@@ -187,8 +228,8 @@ void group_task_resolved(coordinator_state& st, uint32_t g, bool completed) {
   st.free_groups.push_back(g);
 }
 
-/// The single place a task becomes terminal. Withdraws its slices still at workers, publishes the
-/// state on the batch board, and forgets the task.
+/// The single place a task becomes terminal. Closes its slices' gates and withdraws those still at
+/// workers, publishes the state on the batch board, and forgets the task.
 void resolve(coordinator_state& st, uint32_t task_slot, task_state state, errc code,
              std::string reason) {
   auto& t = st.tasks[task_slot];
@@ -198,11 +239,21 @@ void resolve(coordinator_state& st, uint32_t task_slot, task_state state, errc c
   }
   for (auto slot : t.slices) {
     auto& s = st.slices[slot];
-    if (s.live && s.task == task_slot) {
+    if (!s.live || s.task != task_slot)
+      continue;
+    if (s.worker != no_worker) {
       st.outbox_withdraw[s.worker].push_back(make_id(s.generation, slot));
+      auto& info = st.outbox_withdraw_info[s.worker];
+      if (std::find(info.batches.begin(), info.batches.end(), t.batch_id) == info.batches.end())
+        info.batches.push_back(t.batch_id);
+      if (t.spec.op == transport::opcode::write) {
+        auto seg = st.segments.find(t.spec.segment);
+        if (seg != st.segments.end())
+          info.write_segments.insert(seg->second.descriptor.name);
+      }
       ++st.stats.slices_withdrawn;
-      release_slice(st, slot);
     }
+    release_slice(st, slot);
   }
   t.slices.clear();
   if (!t.board->resolve(t.index, state, t.bytes_done, code, std::move(reason)))
@@ -232,29 +283,49 @@ void resolve(coordinator_state& st, uint32_t task_slot, task_state state, errc c
   }
   t.live = false;
   t.board = nullptr;
+  t.last_error.clear();
   ++t.generation;
   st.free_tasks.push_back(task_slot);
 }
 
-/// A worker answered withdraw request `seq` (or did not within the timeout): runs the waiters
-/// whose withdrawals are now all confirmed.
-void confirm_withdrawal(self_pointer self, uint64_t seq) {
+/// Answers the free() calls waiting on batch `batch` once its withdrawals are all confirmed.
+void settle_book(coordinator_state& st, uint64_t batch) {
+  auto it = st.books.find(batch);
+  if (it == st.books.end() || it->second.pending > 0)
+    return;
+  auto& book = it->second;
+  if (book.waiters.empty() && !book.unsettled.empty())
+    return; // kept for the batch's free(), which reports it
+  std::vector<std::string> names(book.unsettled.begin(), book.unsettled.end());
+  for (auto& rp : book.waiters)
+    rp.deliver(names);
+  st.books.erase(it);
+}
+
+/// A worker answered withdraw request `seq` (or did not in time): books what it could not settle
+/// and runs the waiters whose withdrawals are now all confirmed.
+void confirm_withdrawal(self_pointer self, uint64_t seq, std::vector<std::string> unsettled) {
   auto& st = self->state;
-  st.withdrawals_unconfirmed.erase(seq);
-  auto oldest = st.withdrawals_unconfirmed.empty() ? std::numeric_limits<uint64_t>::max()
-                                                   : *st.withdrawals_unconfirmed.begin();
-  std::vector<std::function<void()>> ready;
-  auto& waiters = st.withdrawal_waiters;
-  for (auto it = waiters.begin(); it != waiters.end();) {
-    if (it->first < oldest) {
-      ready.push_back(std::move(it->second));
-      it = waiters.erase(it);
-    } else {
-      ++it;
-    }
+  auto it = st.withdrawals_unconfirmed.find(seq);
+  if (it == st.withdrawals_unconfirmed.end())
+    return;
+  auto record = std::move(it->second);
+  st.withdrawals_unconfirmed.erase(it);
+  if (!unsettled.empty())
+    ++st.stats.unsettled_withdrawals;
+  for (auto batch : record.batches) {
+    auto& book = st.books[batch];
+    if (book.pending > 0)
+      --book.pending;
+    book.unsettled.insert(unsettled.begin(), unsettled.end());
+    settle_book(st, batch);
   }
-  for (auto& done : ready)
-    done();
+  if (st.withdrawals_unconfirmed.empty()) {
+    auto waiters = std::move(st.stop_waiters);
+    st.stop_waiters.clear();
+    for (auto& done : waiters)
+      done();
+  }
 }
 
 void flush(self_pointer self) {
@@ -271,36 +342,42 @@ void flush(self_pointer self) {
     if (st.outbox_withdraw[w].empty())
       continue;
     auto seq = ++st.withdrawals_sent;
-    st.withdrawals_unconfirmed.insert(seq);
-    self->request(st.workers[w].handle, st.settings.withdraw_timeout, withdraw_atom::value,
-                  std::move(st.outbox_withdraw[w]))
-      .then([self, seq](bool) { confirm_withdrawal(self, seq); },
-            [self, seq, w](caf::error& err) {
+    auto& info = st.outbox_withdraw_info[w];
+    for (auto batch : info.batches)
+      ++st.books[batch].pending;
+    auto segments = info.write_segments;
+    st.withdrawals_unconfirmed.emplace(seq, std::move(info));
+    info = withdrawal_record{};
+    auto deadline = std::chrono::steady_clock::now()
+                    + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                      st.settings.withdraw_timeout);
+    auto deadline_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         deadline.time_since_epoch()).count();
+    self->request(st.workers[w].handle, st.settings.withdraw_timeout + worker_answer_margin,
+                  withdraw_atom::value, std::move(st.outbox_withdraw[w]), deadline_ns)
+      .then([self, seq](std::vector<std::string>& unsettled) {
+              confirm_withdrawal(self, seq, std::move(unsettled));
+            },
+            [self, seq, w, segments](caf::error& err) {
               log::warn("worker {} did not confirm a withdrawal: {}", w, describe(err));
-              confirm_withdrawal(self, seq);
+              confirm_withdrawal(self, seq,
+                                 std::vector<std::string>(segments.begin(), segments.end()));
             });
     st.outbox_withdraw[w] = {};
   }
 }
 
-/// Sends the collected posts and withdrawals and calls `done` once every withdrawal sent so far,
-/// by this call or an earlier one, is confirmed (or timed out).
-void flush_and_confirm(self_pointer self, std::function<void()> done) {
-  flush(self);
-  auto& st = self->state;
-  if (st.withdrawals_unconfirmed.empty()) {
-    done();
-    return;
-  }
-  st.withdrawal_waiters.emplace_back(st.withdrawals_sent, std::move(done));
-}
-
 void arm_timer(self_pointer self) {
   auto& st = self->state;
-  if (st.deadlines.empty())
+  if (st.deadlines.empty() && st.retries.empty())
     return;
+  auto next = time_point::max();
+  if (!st.deadlines.empty())
+    next = st.deadlines.top().when;
+  if (!st.retries.empty())
+    next = std::min(next, st.retries.top().when);
   auto now = self->clock().now();
-  auto when = std::max(st.deadlines.top().when, now + timer_granularity);
+  auto when = std::max(next, now + timer_granularity);
   if (when >= st.next_timer)
     return;
   st.next_timer = when;
@@ -312,19 +389,27 @@ void compact_deadlines(coordinator_state& st) {
   auto live = st.tasks.size() - st.free_tasks.size();
   if (st.deadlines.size() < 2 * live + 4096)
     return;
-  std::vector<deadline_entry> kept;
+  std::vector<timed_entry> kept;
   kept.reserve(live);
   for (uint32_t slot = 0; slot < st.tasks.size(); ++slot)
     if (st.tasks[slot].live)
-      kept.push_back(deadline_entry{st.tasks[slot].deadline, make_id(st.tasks[slot].generation, slot)});
-  st.deadlines = decltype(st.deadlines)(std::greater<>{}, std::move(kept));
+      kept.push_back(timed_entry{st.tasks[slot].deadline, make_id(st.tasks[slot].generation, slot)});
+  st.deadlines = timed_heap(std::greater<>{}, std::move(kept));
 }
-
 
 void cancel_all(coordinator_state& st, const std::string& reason) {
   for (uint32_t slot = 0; slot < st.tasks.size(); ++slot)
     if (st.tasks[slot].live)
       resolve(st, slot, task_state::canceled, errc::shutting_down, reason);
+}
+
+/// The next worker for a slice of `segment`: round robin, another than `avoid` when there is one.
+uint32_t pick_worker(segment_entry& segment, uint32_t avoid) {
+  auto w = segment.workers[segment.cursor++ % segment.workers.size()];
+  if (segment.workers.size() > 1)
+    while (w == avoid)
+      w = segment.workers[segment.cursor++ % segment.workers.size()];
+  return w;
 }
 
 void handle_submit(self_pointer self, submission& sub) {
@@ -393,6 +478,7 @@ void handle_submit(self_pointer self, submission& sub) {
     t.spec = spec;
     t.group = group;
     t.slices.clear();
+    t.last_error.clear();
     const auto slice_size = seg->second.slice_size;
     auto n = static_cast<uint32_t>((spec.length + slice_size - 1) / slice_size);
     t.slices_open = n;
@@ -402,14 +488,14 @@ void handle_submit(self_pointer self, submission& sub) {
       auto& s = st.slices[s_slot];
       s.task = slot;
       s.attempts = 0;
+      s.failed_worker = no_worker;
       s.offset = uint64_t{k} * slice_size;
       s.length = std::min<uint64_t>(slice_size, spec.length - s.offset);
       st.tasks[slot].slices.push_back(s_slot);
-      auto w = segment.workers[segment.cursor++ % segment.workers.size()];
-      post_slice(st, s_slot, w);
+      post_slice(st, s_slot, pick_worker(segment, no_worker));
     }
     board.set_pending(index);
-    st.deadlines.push(deadline_entry{deadline, make_id(t.generation, slot)});
+    st.deadlines.push(timed_entry{deadline, make_id(t.generation, slot)});
   }
   if (rec.live == 0)
     st.batches.erase(board.id());
@@ -418,9 +504,24 @@ void handle_submit(self_pointer self, submission& sub) {
   flush(self);
 }
 
+/// The delay before attempt `attempt` (1 for the first retry): base * 2^(attempt-1), capped, the
+/// actual delay drawn between half and all of it.
+caf::timespan backoff(coordinator_state& st, uint32_t attempt) {
+  auto base = st.settings.retry_backoff;
+  if (base.count() <= 0)
+    return caf::timespan{0};
+  auto delay = base;
+  for (uint32_t i = 1; i < attempt && delay < st.settings.retry_backoff_max; ++i)
+    delay *= 2;
+  delay = std::min(delay, st.settings.retry_backoff_max);
+  std::uniform_int_distribution<int64_t> jitter(delay.count() / 2, delay.count());
+  return caf::timespan{jitter(st.rng)};
+}
+
 void handle_report(self_pointer self, uint32_t worker,
                    std::vector<transport::slice_completion>& batch) {
   auto& st = self->state;
+  bool retry_scheduled = false;
   for (const auto& c : batch) {
     auto slot = slot_of(c.id);
     if (slot >= st.slices.size() || !st.slices[slot].live
@@ -442,19 +543,36 @@ void handle_report(self_pointer self, uint32_t worker,
     }
     ++st.stats.slices_failed;
     auto code = c.code == errc::none ? errc::transport_failure : c.code;
+    t.last_error = std::string(to_string(code)) + " on worker " + std::to_string(worker)
+                   + " (slice at offset " + std::to_string(s.offset) + ", attempt "
+                   + std::to_string(s.attempts + 1) + ")";
+    if (code == errc::timeout && !c.retryable) {
+      // The data path gave the slice up at the task's deadline: the task times out.
+      auto reason = "deadline passed with " + std::to_string(t.bytes_done) + " of "
+                    + std::to_string(t.spec.length) + " bytes in place; last error: "
+                    + t.last_error;
+      resolve(st, task_slot, task_state::timeout, errc::timeout, std::move(reason));
+      continue;
+    }
     if (c.retryable && s.attempts < st.settings.retry_limit) {
-      // Retry under a new id on another eligible worker.
       ++s.attempts;
-      ++s.generation;
       ++st.stats.slices_retried;
-      auto& segment = st.segments[t.spec.segment];
-      auto w = s.worker;
-      if (segment.workers.size() > 1) {
-        do
-          w = segment.workers[segment.cursor++ % segment.workers.size()];
-        while (w == s.worker);
+      s.failed_worker = s.worker;
+      end_attempt(st, slot); // a report for the failed attempt is stale from now on
+      auto delay = backoff(st, s.attempts);
+      if (delay.count() == 0) {
+        post_slice(st, slot, pick_worker(st.segments[t.spec.segment], s.failed_worker));
+        continue;
       }
-      post_slice(st, slot, w);
+      s.worker = no_worker; // waiting for its retry
+      auto when = self->clock().now() + delay;
+      if (when >= t.deadline) {
+        // No time left for the retry: the task times out at its deadline, naming the error.
+        ++st.stats.retries_given_up;
+        continue;
+      }
+      st.retries.push(timed_entry{when, make_id(s.generation, slot)});
+      retry_scheduled = true;
       continue;
     }
     auto reason = std::string("slice at offset ") + std::to_string(s.offset) + " ("
@@ -465,6 +583,8 @@ void handle_report(self_pointer self, uint32_t worker,
     release_slice(st, slot);
     resolve(st, task_slot, task_state::failed, code, std::move(reason));
   }
+  if (retry_scheduled)
+    arm_timer(self);
   flush(self);
 }
 
@@ -473,7 +593,7 @@ void handle_deadline(self_pointer self) {
   st.next_timer = time_point::max();
   auto now = self->clock().now();
   while (!st.deadlines.empty() && st.deadlines.top().when <= now) {
-    auto id = st.deadlines.top().task_id;
+    auto id = st.deadlines.top().id;
     st.deadlines.pop();
     auto slot = slot_of(id);
     if (slot >= st.tasks.size() || !st.tasks[slot].live
@@ -481,8 +601,21 @@ void handle_deadline(self_pointer self) {
       continue;
     auto& t = st.tasks[slot];
     auto reason = "deadline passed with " + std::to_string(t.bytes_done) + " of "
-                  + std::to_string(t.spec.length) + " bytes in place";
+                  + std::to_string(t.spec.length) + " bytes in place"
+                  + (t.last_error.empty() ? "" : "; last error: " + t.last_error);
     resolve(st, slot, task_state::timeout, errc::timeout, std::move(reason));
+  }
+  while (!st.retries.empty() && st.retries.top().when <= now) {
+    auto id = st.retries.top().id;
+    st.retries.pop();
+    auto slot = slot_of(id);
+    if (slot >= st.slices.size() || !st.slices[slot].live
+        || st.slices[slot].generation != generation_of(id)
+        || st.slices[slot].worker != no_worker)
+      continue;
+    auto& s = st.slices[slot];
+    auto& t = st.tasks[s.task];
+    post_slice(st, slot, pick_worker(st.segments[t.spec.segment], s.failed_worker));
   }
   arm_timer(self);
   flush(self);
@@ -521,12 +654,14 @@ coordinator_actor::behavior_type coordinator_impl(self_pointer self,
   self->state.settings = settings;
   if (self->state.settings.slice_size == 0)
     self->state.settings.slice_size = 64 << 10;
+  self->state.rng.seed(settings.seed);
   return {
     [self](attach_atom, worker_actor worker, std::string& endpoint_kind) {
       auto& st = self->state;
       st.workers.push_back(worker_entry{worker, std::move(endpoint_kind)});
       st.outbox_post.emplace_back();
       st.outbox_withdraw.emplace_back();
+      st.outbox_withdraw_info.emplace_back();
       for (auto& [id, seg] : st.segments) {
         refresh_eligibility(st, seg);
         if (seg.descriptor.endpoint(st.workers.back().endpoint_kind) != nullptr)
@@ -546,9 +681,10 @@ coordinator_actor::behavior_type coordinator_impl(self_pointer self,
       handle_report(self, worker, batch);
     },
     [self](deadline_atom) { handle_deadline(self); },
-    [self](free_atom, const batch_ref& ref) -> caf::result<bool> {
+    [self](free_atom, const batch_ref& ref) -> caf::result<std::vector<std::string>> {
       auto& st = self->state;
-      auto it = st.batches.find(ref.board->id());
+      auto batch = ref.board->id();
+      auto it = st.batches.find(batch);
       if (it != st.batches.end()) {
         // Resolving unlinks the task; walk a copy of the list.
         std::vector<uint32_t> live;
@@ -557,10 +693,12 @@ coordinator_actor::behavior_type coordinator_impl(self_pointer self,
         for (auto slot : live)
           resolve(st, slot, task_state::canceled, errc::none, "batch freed while in flight");
       }
+      flush(self);
       // Even with no live task left, a slice of a task that timed out or failed may still be
-      // queued at a worker: reply after every withdrawal sent so far is confirmed.
-      auto rp = self->make_response_promise<bool>();
-      flush_and_confirm(self, [rp]() mutable { rp.deliver(true); });
+      // withdrawing: reply once every withdrawal of this batch is confirmed.
+      auto rp = self->make_response_promise<std::vector<std::string>>();
+      st.books[batch].waiters.push_back(rp);
+      settle_book(st, batch);
       return rp;
     },
     [self](stats_atom) { return current_stats(self->state); },
@@ -568,13 +706,18 @@ coordinator_actor::behavior_type coordinator_impl(self_pointer self,
       auto& st = self->state;
       st.stopping = true;
       cancel_all(st, "engine is stopping");
+      flush(self);
       auto rp = self->make_response_promise<bool>();
-      flush_and_confirm(self, [self, rp]() mutable {
+      auto done = [self, rp]() mutable {
         for (auto& w : self->state.workers)
           caf::anon_send(w.handle, stop_atom::value);
         rp.deliver(true);
         self->quit();
-      });
+      };
+      if (st.withdrawals_unconfirmed.empty())
+        done();
+      else
+        st.stop_waiters.push_back(std::move(done));
       return rp;
     },
   };

@@ -7,15 +7,17 @@
 ///   connect(segment, descriptor)           make a segment reachable by every eligible worker
 ///   submit(submission)                     split the tasks into slices and dispatch them
 ///   report(worker_index, completions)      slice outcomes, from workers (late ones are counted)
-///   deadline                               (to itself) resolve tasks whose deadline passed
-///   free(batch) -> bool                    cancel the batch's unresolved tasks; replies once every
-///                                          withdrawal sent so far (this batch's and earlier ones)
-///                                          is confirmed by its worker
+///   deadline                               (to itself) resolve tasks whose deadline passed, and
+///                                          re-post slices whose retry backoff ended
+///   free(batch) -> names                   cancel the batch's unresolved tasks; replies once every
+///                                          withdrawal of the batch's slices is confirmed by its
+///                                          worker, with the segments that may still receive bytes
+///                                          of them (empty: none)
 ///   stats -> coordinator_stats             counters, for tests and benchmarks
 ///   stop -> bool                           cancel everything, stop the workers, quit
 /// and it sends, for a submission with notify, once its last task resolved and only if all of them
-/// COMPLETED:
-///   notify(from, message)                  to the target segment's public face
+/// COMPLETED, the notification through the submission's notify_spec (to the target segment's
+/// public face in this process, or over the control plane to another node).
 ///
 /// Task state machine (per task; see task_state.hpp for the states):
 ///
@@ -23,12 +25,16 @@
 ///                                              ├─ a slice fails, no retry left ──> FAILED
 ///                                              ├─ deadline passes ──────────────> TIMEOUT
 ///                                              └─ free(batch) / stop ───────────> CANCELED
-///   A failed slice with retries left is re-posted on another eligible worker under a new slice id,
-///   so a report for the old attempt is recognisably stale. Resolving a task withdraws its slices
-///   still at workers and forgets the task and its slices; any report that arrives later names an
-///   id that no longer exists and is counted in `late_reports`, never acted on.
+///   A slice that fails with a retryable error and has retries left is re-posted after a backoff
+///   (doubling, with jitter) on another eligible worker when there is one, under a new slice id,
+///   so a report for the old attempt is recognisably stale; a retry that could not start before
+///   the deadline is not made (the task times out, its reason naming the last error). Resolving a
+///   task closes its slices' gates (no data path touches its local memory afterwards), withdraws
+///   its slices still at workers and forgets the task and its slices; any report that arrives
+///   later names an id that no longer exists and is counted in `late_reports`, never acted on.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -62,7 +68,8 @@ struct task_spec {
 
 /// A notification to send once every task of a submission is COMPLETED (never otherwise).
 struct notify_spec {
-  segment_public_actor target;
+  /// Delivers (from, message) to the target segment; must not block.
+  std::function<void(std::string, std::string)> send;
   std::string from;
   std::string message;
 };
@@ -100,6 +107,8 @@ struct coordinator_stats {
   uint64_t live_slices = 0;
   uint64_t notifies_sent = 0;
   uint64_t notifies_dropped = 0; // a task of the submission did not complete
+  uint64_t retries_given_up = 0; // a retry could not start before the task's deadline
+  uint64_t unsettled_withdrawals = 0; // withdrawals that named segments which may still receive bytes
 
   [[nodiscard]] uint64_t tasks_resolved() const noexcept {
     return tasks_completed + tasks_failed + tasks_timeout + tasks_canceled;
@@ -112,7 +121,7 @@ typename Inspector::result_type inspect(Inspector& f, coordinator_stats& x) {
            x.tasks_completed, x.tasks_failed, x.tasks_timeout, x.tasks_canceled, x.slices_posted,
            x.slices_succeeded, x.slices_failed, x.slices_retried, x.slices_withdrawn,
            x.late_reports, x.repeated_resolutions, x.live_batches, x.live_tasks, x.live_slices,
-           x.notifies_sent, x.notifies_dropped);
+           x.notifies_sent, x.notifies_dropped, x.retries_given_up, x.unsettled_withdrawals);
 }
 
 struct coordinator_settings {
@@ -120,8 +129,17 @@ struct coordinator_settings {
   /// Slice size for segments reached only through workers of these endpoint kinds (e.g. "tcp").
   std::map<std::string, uint64_t> endpoint_slice_size;
   uint32_t retry_limit = 3;
-  /// How long free() waits for a worker to confirm a withdrawal before giving up on it.
+  /// Backoff before the first retry of a slice (0: retry at once); doubles per attempt up to
+  /// retry_backoff_max, the actual delay drawn between half and all of it.
+  caf::timespan retry_backoff{0};
+  caf::timespan retry_backoff_max = std::chrono::seconds(1);
+  /// How long a worker's data path has to confirm a withdrawal (then it names what may still
+  /// land); the coordinator gives up on a worker that does not answer at all a second later.
   caf::timespan withdraw_timeout = std::chrono::seconds(5);
+  /// The gates of this coordinator's slices, shared with its workers' data paths.
+  std::shared_ptr<transport::slice_gates> gates;
+  /// Seed of the retry jitter.
+  uint64_t seed = 1;
 };
 
 } // namespace kvferry
@@ -137,7 +155,7 @@ using coordinator_actor = caf::typed_actor<
   caf::reacts_to<submit_atom, submission>,
   caf::reacts_to<report_atom, uint32_t, std::vector<transport::slice_completion>>,
   caf::reacts_to<deadline_atom>,
-  caf::replies_to<free_atom, batch_ref>::with<bool>,
+  caf::replies_to<free_atom, batch_ref>::with<std::vector<std::string>>,
   caf::replies_to<stats_atom>::with<coordinator_stats>,
   caf::replies_to<stop_atom>::with<bool>>;
 

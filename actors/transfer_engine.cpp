@@ -3,15 +3,14 @@
 #include <cstdio>
 #include <mutex>
 
+#include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
 #include "config/log.hpp"
-#include <caf/io/middleman.hpp>
-
-#include "transport/local_path.hpp"
-#include "transport/tcp_path.hpp"
-#include "transport/zmq_support.hpp"
+#include "memory/device.hpp"
+#include "transport/local/path.hpp"
+#include "transport/tcp/path.hpp"
 
 namespace kvferry {
 
@@ -21,7 +20,8 @@ namespace {
 constexpr size_t max_batch_capacity = 1u << 20;
 /// How long a blocking call waits for an actor's answer.
 constexpr auto call_timeout = std::chrono::seconds(30);
-
+/// How long the control plane waits for the segment's actors to answer a peer.
+constexpr auto answer_timeout = std::chrono::seconds(10);
 
 /// Sends a request and blocks for the answer.
 template <class Result, class Handle, class... Ts>
@@ -32,6 +32,18 @@ caf::expected<Result> ask(caf::actor_system& sys, const Handle& dest, caf::times
   self->request(dest, timeout, std::forward<Ts>(xs)...)
     .receive([&](Result& r) { out = std::move(r); }, [&](caf::error& err) { out = std::move(err); });
   return out;
+}
+
+/// Sends a request from a short-lived actor and hands the answer to `done` (on an actor thread):
+/// for callers that must not block (the control plane's server thread).
+template <class Result, class Handle, class Done, class... Ts>
+void ask_then(caf::actor_system& sys, const Handle& dest, caf::timespan timeout, Done done,
+              Ts... xs) {
+  sys.spawn([=](caf::event_based_actor* self) {
+    self->request(dest, timeout, xs...)
+      .then([=](Result& r) mutable { done(caf::expected<Result>(std::move(r))); },
+            [=](caf::error& err) mutable { done(caf::expected<Result>(std::move(err))); });
+  });
 }
 
 caf::error no_such_batch(const char* call, batch_id batch) {
@@ -45,6 +57,17 @@ caf::error stopped_error() {
 
 uint64_t new_incarnation() {
   return static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+}
+
+transport::server_limits limits_of(const config::settings& s) {
+  transport::server_limits l;
+  l.max_connections = s.max_connections;
+  l.max_connections_per_host = s.max_connections_per_host;
+  l.handshake_timeout = s.handshake_timeout;
+  l.peer_max_queued_messages = s.peer_max_queued_messages;
+  l.peer_max_queued_bytes = s.peer_max_queued_bytes;
+  l.reply_budget = s.reply_budget;
+  return l;
 }
 
 } // namespace
@@ -72,86 +95,131 @@ transfer_engine::create(std::shared_ptr<runtime> rt, const config::settings& set
   return engine;
 }
 
+caf::error transfer_engine::start_network(caf::actor_system& sys) {
+  // Control plane: peers ask this segment's public face (describe, notify) on the rpc port,
+  // through kvferry's own bounded ZMTP server (docs/ARCHITECTURE.md, "Network surface").
+  transport::control::server_options co;
+  co.bind_host = settings_.local_hostname;
+  co.port = settings_.rpc_port;
+  co.segment_name = name_;
+  co.limits = limits_of(settings_);
+  co.reply_budget = std::min<uint64_t>(settings_.reply_budget, 32ULL << 20);
+  transport::control::handlers answer;
+  auto face = face_;
+  answer.describe = [&sys, face](auto done) {
+    ask_then<memory::segment_descriptor>(sys, face, answer_timeout, std::move(done),
+                                         describe_atom::value);
+  };
+  answer.notify = [&sys, face](std::string from, std::string text, auto done) {
+    ask_then<bool>(sys, face, answer_timeout,
+                   [done = std::move(done)](caf::expected<bool> r) {
+                     done(r ? caf::error{} : std::move(r.error()));
+                   },
+                   notify_atom::value, std::move(from), std::move(text));
+  };
+  auto control = transport::control::server::start(co, std::move(answer));
+  if (!control)
+    return make_error(errc::transport_failure,
+                      "cannot listen for peers on " + settings_.local_hostname + ":"
+                        + std::to_string(settings_.rpc_port) + " (rpc port): "
+                        + context_of(control.error()));
+  control_server_ = std::move(*control);
+  rpc_port_ = control_server_->port();
+  if (options_.segment_name.empty())
+    name_ = settings_.local_hostname + ":" + std::to_string(rpc_port_);
+  caf::anon_send(owner_, attach_atom::value, name_);
+  auto client = transport::control::client::start("segment '" + name_ + "'");
+  if (!client)
+    return client.error();
+  control_client_ = std::move(*client);
+  if (settings_.transport != config::protocol::tcp)
+    return make_error(errc::not_supported,
+                      std::string("protocol '") + config::to_string(settings_.transport)
+                        + "': this version has no RDMA data path (kvferry moves bytes between "
+                          "nodes over TCP only); use \"protocol\": \"tcp\"");
+  // Data plane: kvferry's ZMTP server serves this segment's memory to peers.
+  auto context = transport::make_zmq_context(1);
+  if (!context)
+    return context.error();
+  zmq_context_ = std::move(*context);
+  transport::tcp_server_options so;
+  so.bind_host = settings_.local_hostname;
+  so.advertised_host = settings_.local_hostname;
+  so.port = settings_.data_port;
+  so.incarnation = incarnation_;
+  so.segment_name = name_;
+  so.limits = limits_of(settings_);
+  auto server = transport::tcp_server::start(registry_, so);
+  if (!server)
+    return server.error();
+  server_ = std::move(*server);
+  caf::anon_send(owner_, attach_atom::value,
+                 memory::transport_endpoint{"tcp", server_->endpoint()});
+  return {};
+}
+
 caf::error transfer_engine::start() {
   auto& sys = runtime_->system();
   incarnation_ = new_incarnation();
-  owner_ = spawn_segment_owner(sys, name_, incarnation_, registry_);
+  inbox_limits inbox{settings_.notify_inbox_messages, settings_.notify_inbox_bytes};
+  owner_ = spawn_segment_owner(sys, name_, incarnation_, registry_, inbox);
   face_ = spawn_segment_public_face(sys, owner_);
+  bool listed = false;
   // A failed start undoes only what it did (never another engine's directory entries) and
   // leaves the engine stopped, so the destructor has nothing to stop.
   auto fail = [&](caf::error err) {
-    if (runtime_->networked() && rpc_port_ != 0)
-      (void) sys.middleman().unpublish(face_, rpc_port_);
+    if (server_)
+      server_->stop();
+    if (control_server_)
+      control_server_->stop();
+    if (control_client_)
+      control_client_->stop();
+    if (listed) {
+      runtime_->directory()->remove(name_);
+      runtime_->remove_face(name_);
+    }
     caf::anon_send_exit(face_, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(owner_, caf::exit_reason::user_shutdown);
     stopped_ = true;
     return err;
   };
-  if (runtime_->networked()) {
-    // Control plane: peers reach this segment's public face (describe, notify) on the rpc port.
-    auto port = sys.middleman().publish(face_, settings_.rpc_port, settings_.local_hostname.c_str(),
-                                        true);
-    if (!port)
-      return fail(make_error(errc::transport_failure,
-                             "cannot listen for peers on " + settings_.local_hostname + ":"
-                               + std::to_string(settings_.rpc_port) + " (rpc port): "
-                               + sys.render(port.error())));
-    rpc_port_ = *port;
-    if (options_.segment_name.empty())
-      name_ = settings_.local_hostname + ":" + std::to_string(rpc_port_);
-    caf::anon_send(owner_, attach_atom::value, name_);
-  }
+  if (runtime_->networked())
+    if (auto err = start_network(sys))
+      return fail(std::move(err));
   if (!runtime_->directory()->add(name_, registry_))
     return fail(make_error(errc::invalid_argument,
                            "segment name '" + name_ + "' is already used in this process"));
+  listed = true;
   runtime_->add_face(name_, face_);
-  if (runtime_->networked() && settings_.transport == config::protocol::tcp) {
-    // Data plane: one ROUTER that serves this segment's memory to peers.
-    zmq_context_ = transport::make_zmq_context(1);
-    transport::tcp_server_options so;
-    so.bind_host = settings_.local_hostname;
-    so.advertised_host = settings_.local_hostname;
-    so.port = settings_.data_port;
-    so.incarnation = incarnation_;
-    so.segment_name = name_;
-    auto server = transport::tcp_server::start(zmq_context_, registry_, so);
-    if (!server) {
-      runtime_->directory()->remove(name_);
-      runtime_->remove_face(name_);
-      return fail(server.error());
-    }
-    server_ = std::move(*server);
-    caf::anon_send(owner_, attach_atom::value,
-                   memory::transport_endpoint{"tcp", server_->endpoint()});
-  } else if (runtime_->networked()) {
-    runtime_->directory()->remove(name_);
-    runtime_->remove_face(name_);
-    return fail(make_error(errc::not_supported,
-                           std::string("protocol '") + config::to_string(settings_.transport)
-                             + "': this build drives RDMA through libibverbs, but this machine "
-                               "has no RDMA device; use \"protocol\": \"tcp\""));
-  }
+  gates_ = std::make_shared<transport::slice_gates>();
   coordinator_settings cs;
   cs.slice_size = settings_.slice_size;
   cs.endpoint_slice_size["tcp"] = settings_.tcp_slice_size;
   cs.retry_limit = settings_.retry_limit;
+  cs.retry_backoff = settings_.retry_backoff;
+  cs.retry_backoff_max = settings_.retry_backoff_max;
+  cs.withdraw_timeout = settings_.withdraw_timeout;
+  cs.gates = gates_;
+  cs.seed = incarnation_;
   coordinator_ = spawn_coordinator(sys, cs);
-  auto paths = options_.data_paths;
-  if (paths.empty()) {
+  paths_ = options_.data_paths;
+  if (paths_.empty()) {
     // Same-process segments: memcpy workers. Peers in other processes: TCP workers.
     for (uint32_t i = 0; i < settings_.worker_count; ++i)
-      paths.push_back(std::make_shared<transport::local_path>(runtime_->directory(), registry_));
+      paths_.push_back(std::make_shared<transport::local_path>(runtime_->directory(), registry_));
     if (zmq_context_)
       for (uint32_t i = 0; i < settings_.tcp_worker_count; ++i)
-        paths.push_back(std::make_shared<transport::tcp_path>(zmq_context_));
+        paths_.push_back(std::make_shared<transport::tcp_path>(zmq_context_, registry_));
   }
-  for (auto& path : paths) {
+  for (auto& path : paths_) {
     auto index = static_cast<uint32_t>(workers_.size());
     auto kind = path->caps().endpoint_kind;
-    auto worker = spawn_worker(sys, index, coordinator_, path);
+    auto worker = spawn_worker(sys, index, coordinator_, path, gates_);
     workers_.push_back(worker);
     caf::anon_send(coordinator_, attach_atom::value, worker, kind);
   }
+  for (const auto& line : config::unused_fields(settings_))
+    log::warn("{}", line);
   log::debug("engine '{}' started with {} worker(s)", name_, workers_.size());
   return {};
 }
@@ -166,20 +234,30 @@ void transfer_engine::shutdown() {
     return;
   stopped_ = true;
   auto& sys = runtime_->system();
-  auto stopped = ask<bool>(sys, coordinator_, call_timeout, stop_atom::value);
+  // Tasks end CANCELED and their withdrawals settle (bounded by withdraw_timeout); then the data
+  // paths stop, here and now, so nothing of the caller's memory is used after shutdown returns.
+  auto stopped = ask<bool>(sys, coordinator_, settings_.withdraw_timeout + call_timeout,
+                           stop_atom::value);
   if (!stopped)
     log::warn("engine '{}': coordinator did not confirm stop: {}", name_,
               describe(stopped.error()));
   for (auto& w : workers_)
     caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
+  for (auto& path : paths_)
+    path->stop();
   if (server_)
     server_->stop();
-  if (runtime_->networked() && rpc_port_ != 0)
-    (void) sys.middleman().unpublish(face_, rpc_port_);
-  caf::anon_send_exit(face_, caf::exit_reason::user_shutdown);
-  caf::anon_send_exit(owner_, caf::exit_reason::user_shutdown);
+  if (control_server_)
+    control_server_->stop();
+  // The segment is gone: in-process peers that still hold its registry find it closed.
   runtime_->directory()->remove(name_);
   runtime_->remove_face(name_);
+  if (auto busy = registry_->close(settings_.withdraw_timeout); busy > 0)
+    log::error("engine '{}': {} region(s) still in use at shutdown", name_, busy);
+  if (control_client_)
+    control_client_->stop();
+  caf::anon_send_exit(face_, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(owner_, caf::exit_reason::user_shutdown);
   {
     std::unique_lock<std::shared_mutex> batches(batches_mutex_);
     for (auto& [id, board] : batches_)
@@ -192,38 +270,39 @@ caf::error transfer_engine::register_memory(void* addr, size_t length, std::stri
   std::shared_lock<std::shared_mutex> guard(lifecycle_mutex_);
   if (stopped_)
     return stopped_error();
-  auto r = ask<bool>(runtime_->system(), owner_, call_timeout, register_atom::value,
-                     reinterpret_cast<uint64_t>(addr), uint64_t{length}, std::string(location));
-  return r ? caf::error{} : std::move(r.error());
+  auto loc = memory::parse_location(location);
+  if (!loc)
+    return loc.error();
+  if (auto err = memory::check_location_usable(*loc))
+    return err;
+  auto added = registry_->add(reinterpret_cast<uint64_t>(addr), uint64_t{length}, *loc);
+  return added ? caf::error{} : std::move(added.error());
 }
 
 caf::error transfer_engine::unregister_memory(void* addr) {
   std::shared_lock<std::shared_mutex> guard(lifecycle_mutex_);
   if (stopped_)
     return stopped_error();
-  auto r = ask<bool>(runtime_->system(), owner_, call_timeout, unregister_atom::value,
-                     reinterpret_cast<uint64_t>(addr));
-  if (!r)
-    return std::move(r.error());
-  // Peers' READ replies are sent from registered memory without copying: wait until none
-  // still points into it, so the caller may free the memory when this returns.
-  if (server_ && !server_->wait_unreferenced(std::chrono::seconds(5)))
-    return make_error(errc::busy, "unregister memory at " + hex(reinterpret_cast<uint64_t>(addr))
-                                    + ": replies to peers still reference registered memory after 5 s");
-  return {};
+  auto removed = registry_->remove(reinterpret_cast<uint64_t>(addr), settings_.withdraw_timeout);
+  return removed ? caf::error{} : std::move(removed.error());
 }
 
-caf::expected<std::pair<memory::segment_descriptor, segment_public_actor>>
+caf::expected<transfer_engine::segment_entry>
 transfer_engine::resolve_segment(const std::string& name) {
+  segment_entry entry;
+  entry.name = name;
   if (auto local = runtime_->directory()->find(name)) {
     // Hosted in this very process (same runtime): the same-process data path serves it. A peer is
     // never treated as local because its host name or address matches ours.
-    memory::segment_descriptor desc;
-    desc.name = name;
-    desc.endpoints.push_back(memory::transport_endpoint{"local", ""});
+    auto desc = std::make_shared<memory::segment_descriptor>();
+    desc->name = name;
+    desc->endpoints.push_back(memory::transport_endpoint{"local", ""});
     for (const auto& r : local->snapshot()->regions())
-      desc.regions.push_back(memory::region_descriptor{r.base, r.length, to_string(r.where), 0});
-    return std::make_pair(std::move(desc), runtime_->find_face(name));
+      desc->regions.push_back(memory::region_descriptor{r.base, r.length, to_string(r.where), 0});
+    entry.descriptor = std::move(desc);
+    entry.local = local;
+    entry.face = runtime_->find_face(name);
+    return entry;
   }
   if (!runtime_->networked())
     return make_error(errc::unknown_segment, "open segment '" + name
@@ -238,28 +317,53 @@ transfer_engine::resolve_segment(const std::string& name) {
   auto colon = name.rfind(':');
   unsigned port = 0;
   if (colon == std::string::npos || colon == 0
-      || std::sscanf(name.c_str() + colon + 1, "%u", &port) != 1 || port == 0 || port > 65535)
-    return make_error(errc::invalid_argument, "open segment '" + name
+      || std::sscanf(name.c_str() + colon + 1, "%u", &port) != 1 || port == 0 || port > 65535
+      || !transport::zmtp::valid_host(name.substr(0, colon)))
+    return make_error(errc::invalid_argument, "open segment '" + name.substr(0, 300)
                                                 + "': under P2PHANDSHAKE a segment name is "
                                                   "host:port (the peer's rpc port)");
-  auto& sys = runtime_->system();
-  auto face = sys.middleman().remote_actor<segment_public_actor>(name.substr(0, colon),
-                                                                 static_cast<uint16_t>(port));
-  if (!face)
-    return make_error(errc::peer_unreachable, "open segment '" + name
-                                                + "': cannot reach its node: "
-                                                + sys.render(face.error()));
-  auto desc = ask<memory::segment_descriptor>(sys, *face, std::chrono::seconds(10),
-                                              describe_atom::value);
+  entry.host = name.substr(0, colon);
+  entry.port = static_cast<uint16_t>(port);
+  auto desc = control_client_->describe(entry.host, entry.port, settings_.open_timeout);
   if (!desc)
-    return make_error(errc::peer_unreachable, "open segment '" + name
-                                                + "': its node did not describe it: "
-                                                + describe(desc.error()));
+    return make_error(code_of(desc.error()) == errc::timeout ? errc::timeout
+                                                              : errc::peer_unreachable,
+                      "open segment '" + name + "': its node did not describe it: "
+                        + context_of(desc.error()));
   if (auto err = desc->validate())
     return make_error(errc::malformed_frame, "open segment '" + name + "': " + context_of(err));
   // Only data paths of other nodes: never "local", whatever the peer claims.
   std::erase_if(desc->endpoints, [](const auto& ep) { return ep.kind == "local"; });
-  return std::make_pair(std::move(*desc), *face);
+  if (desc->endpoint("tcp") != nullptr)
+    if (auto err = transport::tcp_path::check_endpoint(*desc))
+      return make_error(errc::malformed_frame, "open segment '" + name + "': " + context_of(err));
+  entry.descriptor = std::make_shared<const memory::segment_descriptor>(std::move(*desc));
+  return entry;
+}
+
+std::function<void(std::string, std::string)>
+transfer_engine::notifier(const segment_entry& entry) const {
+  if (entry.face) {
+    auto face = entry.face;
+    return [face](std::string from, std::string message) {
+      caf::anon_send(face, notify_atom::value, std::move(from), std::move(message));
+    };
+  }
+  std::weak_ptr<transport::control::client> weak = control_client_;
+  auto host = entry.host;
+  auto port = entry.port;
+  auto timeout = settings_.open_timeout;
+  auto target = entry.name;
+  return [weak, host, port, timeout, target](std::string from, std::string message) {
+    if (auto client = weak.lock())
+      client->notify(host, port, std::move(from), std::move(message), timeout,
+                     [target](caf::error err) {
+                       if (err)
+                         log::warn("notification to segment '{}' after its batch was not "
+                                   "delivered: {}",
+                                   target, describe(err));
+                     });
+  };
 }
 
 caf::expected<segment_id> transfer_engine::open_segment(const std::string& name) {
@@ -271,7 +375,6 @@ caf::expected<segment_id> transfer_engine::open_segment(const std::string& name)
   auto resolved = resolve_segment(name);
   if (!resolved)
     return resolved.error();
-  auto shared = std::make_shared<const memory::segment_descriptor>(std::move(resolved->first));
   segment_id id = 0;
   {
     std::unique_lock<std::shared_mutex> guard(segments_mutex_);
@@ -285,13 +388,11 @@ caf::expected<segment_id> transfer_engine::open_segment(const std::string& name)
     }
     if (!found) {
       id = static_cast<segment_id>(segments_.size());
-      segments_.push_back(segment_entry{name, nullptr, nullptr, {}});
+      segments_.push_back(segment_entry{});
     }
-    segments_[id].descriptor = shared;
-    segments_[id].face = resolved->second;
-    segments_[id].local = runtime_->directory()->find(name);
+    segments_[id] = std::move(*resolved);
     // Sent under the lock so connects for one segment reach the coordinator in order.
-    caf::anon_send(coordinator_, connect_atom::value, id, *shared);
+    caf::anon_send(coordinator_, connect_atom::value, id, *segments_[id].descriptor);
   }
   return id;
 }
@@ -339,9 +440,21 @@ caf::error transfer_engine::free_batch(batch_id batch) {
   std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
   if (stopped_)
     return {}; // shutdown already canceled everything
-  auto r = ask<bool>(runtime_->system(), coordinator_, call_timeout, free_atom::value,
-                     batch_ref{board});
-  return r ? caf::error{} : std::move(r.error());
+  auto r = ask<std::vector<std::string>>(runtime_->system(), coordinator_,
+                                         settings_.withdraw_timeout + call_timeout,
+                                         free_atom::value, batch_ref{board});
+  if (!r)
+    return std::move(r.error());
+  if (r->empty())
+    return {};
+  std::string names;
+  for (const auto& n : *r)
+    names += (names.empty() ? "'" : ", '") + n + "'";
+  return make_error(errc::unconfirmed,
+                    "free batch " + std::to_string(batch) + ": the batch is freed locally, but "
+                      + names + " did not confirm within "
+                      + std::to_string(settings_.withdraw_timeout.count())
+                      + " ms that no more bytes of its WRITEs will arrive there");
 }
 
 caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
@@ -369,6 +482,7 @@ caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
     std::shared_lock<std::shared_mutex> guard(segments_mutex_);
     // Live tables of same-process targets, taken once per call.
     std::vector<std::shared_ptr<const memory::region_table>> local_tables(segments_.size());
+    std::vector<char> local_gone(segments_.size(), 0);
     for (size_t i = 0; i < requests.size(); ++i) {
       const auto& rq = requests[i];
       auto where = [&] { return "submit to batch " + std::to_string(batch) + ", request " + std::to_string(i) + ": "; };
@@ -395,10 +509,19 @@ caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
       spec.remote_addr = rq.target_offset;
       spec.length = rq.length;
       bool inside = true;
-      if (seg.local) {
+      if (!seg.local.expired() || seg.face) {
         auto& table = local_tables[rq.target_id];
-        if (!table)
-          table = seg.local->snapshot();
+        if (!table && !local_gone[rq.target_id]) {
+          auto registry = seg.local.lock();
+          if (registry && !registry->closed())
+            table = registry->snapshot();
+          else
+            local_gone[rq.target_id] = 1;
+        }
+        if (local_gone[rq.target_id])
+          return make_error(errc::peer_unreachable,
+                            where() + "segment '" + seg.name
+                              + "' was shut down (its engine in this process stopped)");
         inside = table->find(rq.target_offset, rq.length) != nullptr;
       } else if (const auto* region = seg.descriptor->find(rq.target_offset, rq.length)) {
         spec.remote_key = region->remote_key;
@@ -424,11 +547,7 @@ caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
       if (rq.target_id != target)
         return make_error(errc::invalid_argument,
                           "submit with notify: every request must name the same segment");
-    if (!segments_[target].face)
-      return make_error(errc::unknown_segment, "submit with notify: segment '"
-                                                 + segments_[target].name
-                                                 + "' accepts no notifications");
-    sub.notify = notify_spec{segments_[target].face, name_, *options.notify};
+    sub.notify = notify_spec{notifier(segments_[target]), name_, *options.notify};
   }
   std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
   if (stopped_)
@@ -484,17 +603,33 @@ caf::error transfer_engine::notify(segment_id target, std::string message) {
   if (message.size() > max_notification_bytes)
     return make_error(errc::invalid_argument, "notify: message of " + std::to_string(message.size())
                                                 + " bytes exceeds the 64 KiB limit");
-  segment_public_actor face;
+  std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  segment_entry entry;
   {
     std::shared_lock<std::shared_mutex> guard(segments_mutex_);
     if (target >= segments_.size())
       return make_error(errc::unknown_segment,
                         "notify: segment id " + std::to_string(target) + " is not open");
-    face = segments_[target].face;
+    entry = segments_[target];
   }
-  if (!face)
-    return make_error(errc::unknown_segment, "notify: the segment accepts no notifications");
-  caf::anon_send(face, notify_atom::value, name_, std::move(message));
+  if (entry.face) {
+    auto r = ask<bool>(runtime_->system(), entry.face, settings_.open_timeout, notify_atom::value,
+                       name_, std::move(message));
+    if (!r)
+      return make_error(code_of(r.error()) == errc::none ? errc::peer_unreachable
+                                                         : code_of(r.error()),
+                        "notify segment '" + entry.name + "': " + describe(r.error()));
+    return {};
+  }
+  if (!control_client_)
+    return make_error(errc::unknown_segment, "notify: segment '" + entry.name
+                                               + "' is not reachable from this engine");
+  if (auto err = control_client_->notify(entry.host, entry.port, name_, std::move(message),
+                                         settings_.open_timeout))
+    return make_error(code_of(err) == errc::none ? errc::peer_unreachable : code_of(err),
+                      "notify segment '" + entry.name + "': " + context_of(err));
   return {};
 }
 
@@ -508,6 +643,10 @@ caf::expected<std::vector<notification>> transfer_engine::get_notifies() {
 
 transport::tcp_server_counters transfer_engine::server_counters() const {
   return server_ ? server_->counters() : transport::tcp_server_counters{};
+}
+
+transport::control::server_counters transfer_engine::control_counters() const {
+  return control_server_ ? control_server_->counters() : transport::control::server_counters{};
 }
 
 caf::expected<coordinator_stats> transfer_engine::stats() const {

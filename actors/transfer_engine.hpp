@@ -7,8 +7,22 @@
 ///
 /// Model (as Mooncake's transfer engine): register local memory, open a segment by name, allocate
 /// a batch of capacity N, submit requests into it, read task states, wait, free the batch. Freeing
-/// a batch is allowed at any time: its unresolved tasks end CANCELED, and once free_batch returns
-/// no worker touches the batch's memory any more.
+/// a batch is allowed at any time: its unresolved tasks end CANCELED. Once a task is terminal,
+/// nothing is written into its local memory; once free_batch returns, no byte of the batch moves
+/// any more, locally or at a target, unless it returns errc::unconfirmed: then the batch is freed
+/// locally all the same, and the error names the segments that may still receive bytes of its
+/// WRITEs (a target that did not answer within withdraw_timeout).
+///
+/// Memory: unregister_memory is atomic: either it fails and the region stays registered, or it
+/// succeeds and no data path touches the region afterwards (transfers still using it fail).
+/// After shutdown, or after the engine that owns a segment shut down, nothing reaches its memory:
+/// tasks naming that segment fail with a clear error.
+///
+/// READ semantics: a READ returns, for each byte, a value the target memory held at some moment
+/// between the request's arrival at the target and its reply's departure. A READ and a WRITE of
+/// overlapping ranges that are in flight at the same time are not ordered with each other (as with
+/// RDMA): to read what you wrote, wait for the WRITE to complete before submitting the READ, and
+/// the other way round.
 
 #include <atomic>
 #include <chrono>
@@ -33,8 +47,14 @@
 #include "actors/worker.hpp"
 #include "config/settings.hpp"
 #include "memory/region_registry.hpp"
+#include "transport/control/client.hpp"
+#include "transport/control/server.hpp"
 #include "transport/data_path.hpp"
-#include "transport/tcp_server.hpp"
+#include "transport/tcp/server.hpp"
+
+namespace zmq {
+class context_t;
+} // namespace zmq
 
 namespace kvferry {
 
@@ -91,13 +111,17 @@ public:
   /// Registers [addr, addr+length) at `location` ("cpu:N", "cuda:N", "*").
   [[nodiscard]] caf::error register_memory(void* addr, size_t length,
                                            std::string_view location = "cpu:0");
-  /// Unregisters the region that starts at `addr`.
+  /// Unregisters the region that starts at `addr` (see "Memory" above): transfers still using it
+  /// are made to let go (they fail); errc::busy, with the region still registered, if they do not
+  /// within withdraw_timeout.
   [[nodiscard]] caf::error unregister_memory(void* addr);
 
   // -- segments -------------------------------------------------------------------------------
 
   /// Opens a segment by name and returns its id; opening it again refreshes its descriptor (after
-  /// the peer registered more memory or restarted) and returns the same id.
+  /// the peer registered more memory or restarted) and returns the same id. A peer's descriptor is
+  /// validated (name, endpoints, regions) before use. Fails within open_timeout when the peer's
+  /// node does not answer.
   [[nodiscard]] caf::expected<segment_id> open_segment(const std::string& name);
   /// The descriptor fetched by the last open_segment.
   [[nodiscard]] caf::expected<memory::segment_descriptor> segment_descriptor(segment_id id) const;
@@ -105,7 +129,9 @@ public:
   // -- batches --------------------------------------------------------------------------------
 
   [[nodiscard]] caf::expected<batch_id> allocate_batch(size_t capacity);
-  /// Frees the batch; unresolved tasks end CANCELED. Fails with unknown_batch on a double free.
+  /// Frees the batch; unresolved tasks end CANCELED. Fails with unknown_batch on a double free, and
+  /// with errc::unconfirmed (the batch is freed all the same) when a target did not confirm in
+  /// time that withdrawn WRITEs move no more bytes; the error names those segments.
   [[nodiscard]] caf::error free_batch(batch_id batch);
 
   /// Submits requests as tasks [first, first + requests.size()) of the batch; returns `first`.
@@ -121,7 +147,9 @@ public:
 
   // -- notifications --------------------------------------------------------------------------
 
-  /// Sends a short message (at most 64 KiB) to the engine that owns segment `target`.
+  /// Sends a short message (at most 64 KiB) to the engine that owns segment `target` and waits
+  /// for it to be queued there: errc::busy when the target's inbox is full (bounded by
+  /// notify_inbox_messages and notify_inbox_bytes), a timeout after open_timeout.
   [[nodiscard]] caf::error notify(segment_id target, std::string message);
   /// Takes the notifications this engine received so far, oldest first.
   [[nodiscard]] caf::expected<std::vector<notification>> get_notifies();
@@ -131,6 +159,8 @@ public:
   [[nodiscard]] caf::expected<coordinator_stats> stats() const;
   /// Counters of this node's TCP data-plane server (zero without one).
   [[nodiscard]] transport::tcp_server_counters server_counters() const;
+  /// Counters of this node's control-plane server (zero without one).
+  [[nodiscard]] transport::control::server_counters control_counters() const;
   /// This engine's control (rpc) port; 0 when the runtime is not networked.
   [[nodiscard]] uint16_t rpc_port() const noexcept { return rpc_port_; }
 
@@ -141,17 +171,23 @@ private:
   struct segment_entry {
     std::string name;
     std::shared_ptr<const memory::segment_descriptor> descriptor;
-    /// Set for segments hosted in this process: their live registry.
-    std::shared_ptr<memory::region_registry> local;
-    /// Where notifications for the segment go.
+    /// Set for segments hosted in this process: their live registry (closed once their engine
+    /// shut down) and their public face.
+    std::weak_ptr<memory::region_registry> local;
     segment_public_actor face;
+    /// Set for segments of other nodes: their node's rpc address.
+    std::string host;
+    uint16_t port = 0;
   };
 
   transfer_engine(std::shared_ptr<runtime> rt, config::settings settings, engine_options options);
   [[nodiscard]] caf::error start();
+  [[nodiscard]] caf::error start_network(caf::actor_system& sys);
   [[nodiscard]] std::shared_ptr<batch_board> find_batch(batch_id batch) const;
-  [[nodiscard]] caf::expected<std::pair<memory::segment_descriptor, segment_public_actor>>
-  resolve_segment(const std::string& name);
+  [[nodiscard]] caf::expected<segment_entry> resolve_segment(const std::string& name);
+  /// How a notification reaches segment `entry` without blocking (submit with notify).
+  [[nodiscard]] std::function<void(std::string, std::string)>
+  notifier(const segment_entry& entry) const;
 
   std::shared_ptr<runtime> runtime_;
   config::settings settings_;
@@ -162,10 +198,14 @@ private:
   segment_public_actor face_;
   uint16_t rpc_port_ = 0;
   uint64_t incarnation_ = 0;
+  std::unique_ptr<transport::control::server> control_server_;
+  std::shared_ptr<transport::control::client> control_client_;
   std::shared_ptr<zmq::context_t> zmq_context_;
   std::unique_ptr<transport::tcp_server> server_;
+  std::shared_ptr<transport::slice_gates> gates_;
   coordinator_actor coordinator_;
   std::vector<worker_actor> workers_;
+  std::vector<std::shared_ptr<transport::data_path>> paths_;
 
   /// Held shared by calls that send work to the coordinator, exclusively by shutdown().
   mutable std::shared_mutex lifecycle_mutex_;

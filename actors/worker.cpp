@@ -21,18 +21,20 @@ struct worker_state {
   std::unordered_map<segment_id, errc> unreachable;
   report_sink_actor sink;
   /// Withdrawals the data path has not confirmed yet, by sequence number.
-  std::unordered_map<uint64_t, caf::typed_response_promise<bool>> withdrawals;
+  std::unordered_map<uint64_t, caf::typed_response_promise<std::vector<std::string>>> withdrawals;
   uint64_t next_withdrawal = 0;
   static inline const char* name = "kvferry.worker";
 };
 
 worker_actor::behavior_type worker_impl(worker_actor::stateful_pointer<worker_state> self,
                                         uint32_t index, report_sink_actor sink,
-                                        std::shared_ptr<transport::data_path> path) {
+                                        std::shared_ptr<transport::data_path> path,
+                                        std::shared_ptr<transport::slice_gates> gates) {
   auto& st = self->state;
   st.index = index;
   st.path = std::move(path);
   st.sink = sink;
+  st.path->set_gates(std::move(gates));
   st.path->set_sink([sink, index](std::vector<transport::slice_completion>&& batch) {
     caf::anon_send(sink, report_atom::value, index, std::move(batch));
   });
@@ -73,22 +75,26 @@ worker_actor::behavior_type worker_impl(worker_actor::stateful_pointer<worker_st
       if (!refused.empty())
         self->send(st.sink, report_atom::value, st.index, std::move(refused));
     },
-    [self](withdraw_atom, const std::vector<uint64_t>& ids) -> caf::result<bool> {
+    [self](withdraw_atom, const std::vector<uint64_t>& ids,
+           int64_t deadline_ns) -> caf::result<std::vector<std::string>> {
       auto& st = self->state;
       auto seq = st.next_withdrawal++;
-      auto rp = self->make_response_promise<bool>();
+      auto rp = self->make_response_promise<std::vector<std::string>>();
       st.withdrawals.emplace(seq, rp);
       // The data path may confirm on its own thread: hop back into this actor to deliver.
       worker_actor me = self;
-      st.path->withdraw(ids, [me, seq] { caf::anon_send(me, withdraw_atom::value, seq); });
+      auto deadline = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
+      st.path->withdraw(ids, deadline, [me, seq](transport::unsettled_segments unsettled) {
+        caf::anon_send(me, withdraw_atom::value, seq, std::move(unsettled));
+      });
       return rp;
     },
-    [self](withdraw_atom, uint64_t seq) {
+    [self](withdraw_atom, uint64_t seq, std::vector<std::string>& unsettled) {
       auto& st = self->state;
       auto it = st.withdrawals.find(seq);
       if (it == st.withdrawals.end())
         return;
-      it->second.deliver(true);
+      it->second.deliver(std::move(unsettled));
       st.withdrawals.erase(it);
     },
     [self](stop_atom) -> bool {
@@ -102,8 +108,9 @@ worker_actor::behavior_type worker_impl(worker_actor::stateful_pointer<worker_st
 } // namespace
 
 worker_actor spawn_worker(caf::actor_system& sys, uint32_t index, report_sink_actor sink,
-                          std::shared_ptr<transport::data_path> path) {
-  return sys.spawn(worker_impl, index, std::move(sink), std::move(path));
+                          std::shared_ptr<transport::data_path> path,
+                          std::shared_ptr<transport::slice_gates> gates) {
+  return sys.spawn(worker_impl, index, std::move(sink), std::move(path), std::move(gates));
 }
 
 } // namespace kvferry
