@@ -20,7 +20,7 @@
 
 #include "actors/transfer_engine.hpp"
 #include "tools/commands.hpp"
-#include "transport/fault_path.hpp"
+#include "tests/support/fault_path.hpp"
 
 using namespace kvferry;
 

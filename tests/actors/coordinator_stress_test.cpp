@@ -25,7 +25,7 @@
 #include "actors/runtime.hpp"
 #include "actors/transfer_engine.hpp"
 #include "config/settings.hpp"
-#include "transport/fault_path.hpp"
+#include "tests/support/fault_path.hpp"
 
 namespace {
 

@@ -23,7 +23,7 @@
 #include "config/settings.hpp"
 #include "memory/device.hpp"
 #include "tools/pattern.hpp"
-#include "transport/fault_path.hpp"
+#include "tests/support/fault_path.hpp"
 
 // The public API of transfer_engine: every bad call answers an error value with the right code and
 // a message naming the offending thing; the semantics of READ/WRITE, wait, free, deadlines,
@@ -746,7 +746,7 @@ BOOST_AUTO_TEST_CASE(retry_on_the_other_worker) {
 
 BOOST_AUTO_TEST_CASE(retries_exhausted_fail_the_task) {
   config::settings settings;
-  BOOST_REQUIRE_EQUAL(settings.retry_limit, 3u);
+  settings.retry_limit = 3;
   fault_engine f(2, settings);
   auto batch = f.engine->allocate_batch(2);
   BOOST_REQUIRE(batch);

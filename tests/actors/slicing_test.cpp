@@ -17,7 +17,7 @@
 #include "config/error.hpp"
 #include "config/settings.hpp"
 #include "tools/pattern.hpp"
-#include "transport/local_path.hpp"
+#include "transport/local/path.hpp"
 
 // How the transfer coordinator splits tasks into slices: every slice it posts to a data path is
 // recorded by a test data path that then moves the bytes through the real same-process path.
@@ -41,6 +41,7 @@ public:
 
   const transport::capabilities& caps() const noexcept override { return caps_; }
   void set_sink(transport::completion_sink sink) override { sink_ = std::move(sink); }
+  void set_gates(std::shared_ptr<transport::slice_gates> gates) override { gates_ = std::move(gates); }
 
   caf::expected<uint32_t> connect(const memory::segment_descriptor& peer) override {
     // The engine's own registry exists only once the engine started: build the inner path lazily.
@@ -51,6 +52,7 @@ public:
                                                    + "' is not in the directory");
       inner_ = std::make_unique<transport::local_path>(directory_, std::move(own));
       inner_->set_sink(sink_);
+      inner_->set_gates(gates_);
     }
     return inner_->connect(peer);
   }
@@ -71,9 +73,10 @@ public:
     }
   }
 
-  void withdraw(std::span<const uint64_t>, std::function<void()> done) override {
+  void withdraw(std::span<const uint64_t>, std::chrono::steady_clock::time_point,
+                std::function<void(transport::unsettled_segments)> done) override {
     if (done)
-      done();
+      done({});
   }
   void stop() override {}
 
@@ -88,6 +91,7 @@ private:
   std::shared_ptr<memory::local_directory> directory_;
   std::string own_segment_;
   transport::completion_sink sink_;
+  std::shared_ptr<transport::slice_gates> gates_;
   std::unique_ptr<transport::local_path> inner_;
   std::mutex mutex_;
   std::vector<transport::slice_op> recorded_;

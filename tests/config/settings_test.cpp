@@ -128,7 +128,19 @@ BOOST_AUTO_TEST_CASE(embedded_defaults) {
   BOOST_CHECK_EQUAL(s.slice_size, 65536u);
   BOOST_CHECK_EQUAL(s.worker_count, 2u);
   BOOST_CHECK_EQUAL(s.task_deadline.count(), 10000);
-  BOOST_CHECK_EQUAL(s.retry_limit, 3u);
+  BOOST_CHECK_EQUAL(s.retry_limit, 8u);
+  BOOST_CHECK_EQUAL(s.retry_backoff.count(), 10);
+  BOOST_CHECK_EQUAL(s.retry_backoff_max.count(), 1000);
+  BOOST_CHECK_EQUAL(s.open_timeout.count(), 5000);
+  BOOST_CHECK_EQUAL(s.withdraw_timeout.count(), 5000);
+  BOOST_CHECK_EQUAL(s.max_connections, 1024u);
+  BOOST_CHECK_EQUAL(s.max_connections_per_host, 1024u);
+  BOOST_CHECK_EQUAL(s.handshake_timeout.count(), 10000);
+  BOOST_CHECK_EQUAL(s.peer_max_queued_messages, 256u);
+  BOOST_CHECK_EQUAL(s.peer_max_queued_bytes, 64ULL << 20);
+  BOOST_CHECK_EQUAL(s.reply_budget, 256ULL << 20);
+  BOOST_CHECK_EQUAL(s.notify_inbox_messages, 4096u);
+  BOOST_CHECK_EQUAL(s.notify_inbox_bytes, 16ULL << 20);
   BOOST_CHECK_EQUAL(s.rpc_port, 0);
   BOOST_CHECK_EQUAL(s.data_port, 0);
   BOOST_CHECK_EQUAL(s.log_level, "info");
@@ -176,6 +188,47 @@ BOOST_AUTO_TEST_CASE(kvferry_object) {
   auto largest = config::parse(doc(R"("kvferry":{"slice_size":"64MiB"})"), "kv.json");
   BOOST_REQUIRE_MESSAGE(largest, why(largest));
   BOOST_CHECK_EQUAL(largest->slice_size, 64ULL << 20);
+}
+
+BOOST_AUTO_TEST_CASE(kvferry_bounds_and_timings) {
+  auto r = config::parse(
+    doc(R"("kvferry":{"retry_backoff_ms":0,"retry_backoff_max_ms":250,"open_timeout_ms":750,)"
+        R"("withdraw_timeout_ms":1500,"max_connections":64,"max_connections_per_host":8,)"
+        R"("handshake_timeout_ms":2000,"peer_max_queued_messages":32,)"
+        R"("peer_max_queued_bytes":"8MiB","reply_budget":"32MiB","notify_inbox_messages":100,)"
+        R"("notify_inbox_bytes":"1MiB"})"),
+    "kv.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  BOOST_CHECK_EQUAL(r->retry_backoff.count(), 0);
+  BOOST_CHECK_EQUAL(r->retry_backoff_max.count(), 250);
+  BOOST_CHECK_EQUAL(r->open_timeout.count(), 750);
+  BOOST_CHECK_EQUAL(r->withdraw_timeout.count(), 1500);
+  BOOST_CHECK_EQUAL(r->max_connections, 64u);
+  BOOST_CHECK_EQUAL(r->max_connections_per_host, 8u);
+  BOOST_CHECK_EQUAL(r->handshake_timeout.count(), 2000);
+  BOOST_CHECK_EQUAL(r->peer_max_queued_messages, 32u);
+  BOOST_CHECK_EQUAL(r->peer_max_queued_bytes, 8ULL << 20);
+  BOOST_CHECK_EQUAL(r->reply_budget, 32ULL << 20);
+  BOOST_CHECK_EQUAL(r->notify_inbox_messages, 100u);
+  BOOST_CHECK_EQUAL(r->notify_inbox_bytes, 1ULL << 20);
+  BOOST_CHECK(r->warnings.empty());
+}
+
+BOOST_AUTO_TEST_CASE(fields_parsed_but_unused_are_named) {
+  config::settings plain;
+  BOOST_CHECK(config::unused_fields(plain).empty());
+  auto r = config::parse(
+    doc(R"("device_name":"mlx5_0","master_server_address":"10.0.0.1:50051",)"
+        R"("local_buffer_size":"2GB")"),
+    "kv.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  auto lines = config::unused_fields(*r);
+  BOOST_REQUIRE_EQUAL(lines.size(), 3u);
+  BOOST_CHECK_MESSAGE(contains(lines[0], "device_name") && contains(lines[0], "not used"), lines[0]);
+  BOOST_CHECK_MESSAGE(contains(lines[1], "master_server_address"), lines[1]);
+  BOOST_CHECK_MESSAGE(contains(lines[2], "local_buffer_size"), lines[2]);
+  for (const auto& l : lines)
+    BOOST_CHECK_MESSAGE(contains(l, "kv.json"), l);
 }
 
 BOOST_AUTO_TEST_CASE(sizes_as_numbers_and_strings) {
@@ -474,6 +527,11 @@ BOOST_AUTO_TEST_CASE(kvferry_values_out_of_range) {
     {R"("slice_size":"65MiB")", "'kvferry.slice_size'", "65MiB"},
     {R"("slice_size":67108865)", "'kvferry.slice_size'", "67108865"},
     {R"("log_level":"loud")", "'kvferry.log_level'", "'loud'"},
+    {R"("max_connections":0)", "'kvferry.max_connections'", "0"},
+    {R"("open_timeout_ms":0)", "'kvferry.open_timeout_ms'", "0"},
+    {R"("retry_backoff_ms":60001)", "'kvferry.retry_backoff_ms'", "60001"},
+    {R"("reply_budget":"1KiB")", "'kvferry.reply_budget'", "1KiB"},
+    {R"("notify_inbox_bytes":"x")", "'kvferry.notify_inbox_bytes'", "'x'"},
   };
   for (const auto& c : cases) {
     auto r = config::parse(doc(std::string(R"("kvferry":{)") + std::string(c.member) + "}"), "kv.json");

@@ -1,11 +1,14 @@
 #pragma once
 // Small helpers shared by the Boost.Test programs.
 
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include <caf/expected.hpp>
 
@@ -21,6 +24,19 @@ std::string why(const caf::expected<T>& r) {
 
 inline bool contains(const std::string& haystack, std::string_view needle) {
   return haystack.find(needle) != std::string::npos;
+}
+
+/// Polls `pred` until it holds or `timeout` passes (a bound on a wait for a condition, never a
+/// guess at how long something takes); returns the last answer.
+inline bool eventually(const std::function<bool()>& pred,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until)
+      return pred();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 /// Page-aligned zeroed memory, so "+1" and "+4095" offsets are really unaligned.
