@@ -20,6 +20,7 @@ packages=(
   libibverbs-dev
   libspdlog-dev libfmt-dev libcli11-dev
   iperf3
+  clang libclang-rt-14-dev llvm-14
 )
 
 install_packages() {

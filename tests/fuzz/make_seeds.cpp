@@ -1,0 +1,225 @@
+// Writes the fuzz targets' seed corpora: small valid (and a few nearly valid) inputs made with the
+// product's own encoders, so the seeds follow the wire formats when they change.
+//   make_seeds <dir>      writes <dir>/<target>/<name> for every target
+// tools/fuzz.sh seeds regenerates tests/fuzz/corpus with it.
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tests/fuzz/data_plane_layout.hpp"
+#include "transport/control/wire.hpp"
+#include "transport/tcp/wire.hpp"
+#include "transport/zmtp/codec.hpp"
+
+namespace fs = std::filesystem;
+namespace zmtp = kvferry::transport::zmtp;
+namespace wire = kvferry::transport::wire;
+namespace control = kvferry::transport::control;
+namespace layout = kvferry::fuzz;
+
+namespace {
+
+using bytes = std::vector<uint8_t>;
+
+fs::path out_dir;
+int failures = 0;
+
+void put(const std::string& target, const std::string& name, const bytes& content) {
+  auto dir = out_dir / target;
+  fs::create_directories(dir);
+  std::ofstream f(dir / name, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(content.data()), static_cast<std::streamsize>(content.size()));
+  if (!f) {
+    std::fprintf(stderr, "make_seeds: cannot write %s\n", (dir / name).c_str());
+    ++failures;
+  }
+}
+
+void append(bytes& out, std::span<const uint8_t> more) {
+  out.insert(out.end(), more.begin(), more.end());
+}
+
+bytes greeting() {
+  bytes g(zmtp::greeting_size);
+  zmtp::encode_greeting(std::span<uint8_t, zmtp::greeting_size>(g.data(), zmtp::greeting_size));
+  return g;
+}
+
+bytes frame(std::span<const uint8_t> body, bool more, bool command = false) {
+  uint8_t h[9];
+  bytes out(h, h + zmtp::encode_frame_header(h, body.size(), more, command));
+  append(out, body);
+  return out;
+}
+
+bytes request(wire::frame_op op, uint64_t id, uint64_t addr, uint64_t length,
+              uint64_t incarnation = layout::incarnation) {
+  bytes out(wire::request_header_size);
+  wire::encode(wire::request_header{op, id, incarnation, addr, length}, out.data());
+  return out;
+}
+
+bytes reply(kvferry::errc status, uint64_t id, uint64_t n, bool payload) {
+  bytes out(wire::reply_header_size);
+  wire::encode(wire::reply_header{status, id, n, payload}, out.data());
+  return out;
+}
+
+bytes body(size_t n) {
+  bytes out(n);
+  for (size_t i = 0; i < n; ++i)
+    out[i] = static_cast<uint8_t>(i * 7 + 3);
+  return out;
+}
+
+void zmtp_codec_seeds() {
+  put("zmtp_codec", "greeting", greeting());
+  auto ready = zmtp::encode_ready("DEALER");
+  put("zmtp_codec", "ready_frame", ready);
+  put("zmtp_codec", "ready_body", bytes(ready.begin() + 2, ready.end()));
+  put("zmtp_codec", "ping_frame", zmtp::encode_ping(100, "ctx"));
+  put("zmtp_codec", "pong_frame", zmtp::encode_pong("ctx"));
+  const uint8_t error_body[] = {5, 'E', 'R', 'R', 'O', 'R', 4, 'b', 'u', 's', 'y'};
+  put("zmtp_codec", "error_body", bytes(std::begin(error_body), std::end(error_body)));
+  uint8_t long_header[9];
+  auto n = zmtp::encode_frame_header(long_header, 70000, true);
+  put("zmtp_codec", "long_header", bytes(long_header, long_header + n));
+}
+
+void tcp_wire_seeds() {
+  put("tcp_wire", "request_read", request(wire::frame_op::read, 1, layout::host_base, 4096));
+  put("tcp_wire", "request_write", request(wire::frame_op::write, 2, layout::host_base, 64));
+  bytes three;
+  for (uint64_t i = 0; i < 3; ++i)
+    append(three, request(i == 1 ? wire::frame_op::write : wire::frame_op::read, i,
+                          layout::host_base + i * 4096, 4096, 0));
+  put("tcp_wire", "requests_three", three);
+  put("tcp_wire", "reply_ok", reply(kvferry::errc::none, 1, 4096, true));
+  bytes two = reply(kvferry::errc::none, 2, 64, false);
+  append(two, reply(kvferry::errc::out_of_range, 3, 0, false));
+  put("tcp_wire", "replies_two", two);
+}
+
+void control_seed(const std::string& name, const control::message& m) {
+  auto encoded = control::encode(m);
+  if (!encoded) {
+    std::fprintf(stderr, "make_seeds: cannot encode control seed %s\n", name.c_str());
+    ++failures;
+    return;
+  }
+  put("control_wire", name, *encoded);
+}
+
+void control_wire_seeds() {
+  control::message describe;
+  describe.id = 11;
+  control_seed("describe_request", describe);
+
+  control::message described;
+  described.what = control::kind::reply;
+  described.id = 11;
+  described.descriptor.name = "127.0.0.1:12345";
+  described.descriptor.incarnation = 7;
+  described.descriptor.endpoints.push_back({"tcp", "tcp://127.0.0.1:40000"});
+  described.descriptor.regions.push_back({layout::host_base, layout::host_length, "cpu:0", 0});
+  described.descriptor.regions.push_back({layout::device_base, layout::device_length, "cuda:0", 9});
+  control_seed("describe_reply", described);
+
+  control::message notify;
+  notify.operation = control::op::notify;
+  notify.id = 12;
+  notify.from = "decode-0";
+  notify.text = "batch 3 written";
+  control_seed("notify_request", notify);
+
+  control::message notified;
+  notified.what = control::kind::reply;
+  notified.operation = control::op::notify;
+  notified.id = 12;
+  control_seed("notify_reply", notified);
+
+  control::message refused = notified;
+  refused.status = kvferry::errc::unknown_segment;
+  refused.reason = "no such segment";
+  control_seed("error_reply", refused);
+}
+
+/// A data_plane input in raw mode: the config byte, then the stream after the handshake the
+/// harness prepends (bit 0).
+bytes raw(uint8_t config, std::initializer_list<bytes> frames) {
+  bytes out{config};
+  for (const auto& f : frames)
+    append(out, f);
+  return out;
+}
+
+void data_plane_seeds() {
+  using wire::frame_op;
+  const uint64_t host = layout::host_base;
+  const uint64_t device = layout::device_base;
+  put("data_plane", "read_one",
+      raw(0x01, {frame(request(frame_op::read, 1, host, 4096), false)}));
+  put("data_plane", "write_one", raw(0x01, {frame(request(frame_op::write, 2, host + 4096, 100), true),
+                                            frame(body(100), false)}));
+  bytes vector_headers;
+  append(vector_headers, request(frame_op::read, 3, host + 100, 300));
+  append(vector_headers, request(frame_op::write, 4, host + 8192, 200));
+  append(vector_headers, request(frame_op::read, 5, device, 64));
+  append(vector_headers, request(frame_op::write, 6, device + 64, 32));
+  put("data_plane", "vector",
+      raw(0x01, {frame(vector_headers, true), frame(body(232), false)}));
+  bytes refused_headers;
+  append(refused_headers, request(frame_op::read, 7, host + layout::host_length - 10, 20));
+  append(refused_headers, request(frame_op::read, 8, host, 10, layout::incarnation - 1));
+  append(refused_headers, request(frame_op::write, 9, 0x1000, 10));
+  put("data_plane", "refused",
+      raw(0x01, {frame(refused_headers, true), frame(body(10), false)}));
+  put("data_plane", "ping_then_read",
+      raw(0x05, {zmtp::encode_ping(10, "abc"), frame(request(frame_op::read, 10, host, 64), false)}));
+  bytes short_header = request(frame_op::read, 11, host, 64);
+  short_header.resize(wire::request_header_size - 1);
+  put("data_plane", "short_header", raw(0x01, {frame(short_header, false)}));
+  // Half-closed in the middle of a WRITE's data frame (bit 4).
+  bytes cut = frame(body(50), false);
+  cut.resize(20);
+  put("data_plane", "cut_write",
+      raw(0x11, {frame(request(frame_op::write, 12, host, 50), true), cut}));
+  // The whole handshake in the input (bit 0 clear), so mutations reach the greeting and READY.
+  put("data_plane", "handshake_read",
+      raw(0x00, {greeting(), zmtp::encode_ready("DEALER"),
+                 frame(request(frame_op::read, 13, host, 8), false)}));
+  // Structured mode (bit 1): the bytes are a program; any bytes make a valid one.
+  const uint8_t configs[] = {0x03, 0x07, 0x0b, 0x13, 0x23, 0x43, 0x83, 0xf3};
+  uint32_t state = 12345;
+  for (auto config : configs) {
+    bytes program{config};
+    for (int i = 0; i < 96; ++i) {
+      state = state * 1103515245 + 12345;
+      program.push_back(static_cast<uint8_t>(state >> 16));
+    }
+    char name[32];
+    std::snprintf(name, sizeof name, "structured_%02x", config);
+    put("data_plane", name, program);
+  }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: make_seeds <dir>\n");
+    return 2;
+  }
+  out_dir = argv[1];
+  zmtp_codec_seeds();
+  tcp_wire_seeds();
+  control_wire_seeds();
+  data_plane_seeds();
+  return failures == 0 ? 0 : 1;
+}
