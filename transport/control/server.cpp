@@ -33,6 +33,8 @@ public:
            && budget_.allows(max_reply_frame + max_request_frame);
   }
 
+  bool busy() const override { return pending_ > 0; }
+
   zmtp::violation on_frame(zmtp::connection&, const zmtp::frame_header& h, size_t index,
                            zmtp::body_plan& plan) override {
     if (index > 0 || h.more)

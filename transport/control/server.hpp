@@ -15,6 +15,7 @@
 #include <caf/expected.hpp>
 
 #include "memory/segment_descriptor.hpp"
+#include "transport/control/wire.hpp"
 #include "transport/tcp/server.hpp"
 #include "transport/zmtp/server.hpp"
 
@@ -47,6 +48,16 @@ struct server_counters {
   uint64_t malformed = 0;
   zmtp::server_counters connections;
 };
+
+/// What one control connection can hold at most besides its replies: the input buffer, the
+/// connection objects and a request of the largest size being read.
+inline constexpr uint64_t control_connection_bytes = (32ULL << 10) + max_request_frame;
+
+/// The most memory a control-plane server's peers can make it hold (requests being answered
+/// and replies are charged to its reply budget).
+[[nodiscard]] inline uint64_t memory_bound(const server_options& o) {
+  return o.limits.max_connections * control_connection_bytes + o.reply_budget;
+}
 
 class server {
 public:

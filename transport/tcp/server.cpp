@@ -107,7 +107,14 @@ public:
     return zmtp::violation::none;
   }
 
-  void on_close(zmtp::connection&) override { reset(); }
+  // A request cut off by its peer gives back what it took of the budget (device staging).
+  void on_close(zmtp::connection&) override {
+    release_device_charge();
+    reset();
+  }
+  ~data_protocol() override { release_device_charge(); }
+
+  bool busy() const override { return !entries_.empty(); }
 
   bool holds_region(const memory::region_state* state) const override {
     for (const auto& lease : leases_)

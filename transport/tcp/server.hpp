@@ -83,6 +83,17 @@ struct data_plane {
   std::atomic<uint64_t> requests{0}, reads{0}, writes{0}, bytes{0}, refused{0}, malformed{0};
 };
 
+/// What one connection of a data-plane server can hold at most besides its queued replies: the
+/// input buffer, the connection and protocol objects, and a request of the most entries being
+/// read. (Queued replies are charged to reply_budget.)
+inline constexpr uint64_t data_connection_bytes = 192ULL << 10;
+
+/// The most memory a data-plane server's peers can make it hold: every connection at its worst
+/// plus the whole reply budget.
+[[nodiscard]] inline uint64_t memory_bound(const server_limits& l) {
+  return l.max_connections * data_connection_bytes + l.reply_budget;
+}
+
 /// The data protocol for one connection (what tcp_server runs; the fuzz target drives it over a
 /// socket pair): decodes requests, checks them against `plane`'s registry, moves the bytes,
 /// queues the replies, charging `replies`.

@@ -335,6 +335,7 @@ void connection::finish_frame() {
     ++frame_index_;
   } else {
     frame_index_ = 0;
+    ++messages_;
     last_activity_ = std::chrono::steady_clock::now();
   }
 }

@@ -105,6 +105,9 @@ public:
                                                 size_t index, body_plan& plan) = 0;
   /// The connection is closing; drop anything that refers to it.
   virtual void on_close(connection&) {}
+  /// True while the protocol has work in progress for its peer (a request being answered): the
+  /// server evicts such a connection only as a last resort.
+  [[nodiscard]] virtual bool busy() const { return false; }
   /// True when the protocol holds a lease on that region's memory for a message in progress.
   [[nodiscard]] virtual bool holds_region(const memory::region_state*) const { return false; }
 };
@@ -136,6 +139,7 @@ public:
   [[nodiscard]] int fd() const noexcept { return fd_.get(); }
   [[nodiscard]] uint64_t id() const noexcept { return id_; }
   [[nodiscard]] protocol& proto() noexcept { return *proto_; }
+  [[nodiscard]] const protocol& proto() const noexcept { return *proto_; }
   [[nodiscard]] bool ready() const noexcept { return stage_ == stage::open; }
 
   /// Reads and parses until the socket has nothing more, the read quantum is used, or the protocol
@@ -179,6 +183,10 @@ public:
     return last_activity_;
   }
   [[nodiscard]] std::chrono::steady_clock::time_point created() const noexcept { return created_; }
+  /// True once the peer sent the start of a valid greeting (its signature).
+  [[nodiscard]] bool greeted() const noexcept { return greeting_have_ >= signature_size; }
+  /// Messages the peer sent in full so far.
+  [[nodiscard]] uint64_t messages_received() const noexcept { return messages_; }
 
   /// Charges `n` owned bytes dropped with the queue when the connection closes.
   [[nodiscard]] size_t queued_charge() const noexcept;
@@ -231,6 +239,7 @@ private:
 
   std::string close_reason_;
   bool violated_ = false;
+  uint64_t messages_ = 0;
   std::chrono::steady_clock::time_point created_;
   std::chrono::steady_clock::time_point last_activity_;
 };

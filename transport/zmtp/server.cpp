@@ -166,31 +166,34 @@ void server::close_if(const std::function<bool(connection&)>& pred, const char* 
 }
 
 bool server::evict_for(const std::string& host) {
-  // The victim: among the connections that count against the exceeded limit, one that never
-  // finished its handshake (oldest first), else the one idle the longest.
+  // The victim, among the connections that count against the exceeded limit, in this order:
+  // one that sent no valid byte, then one that never finished its handshake, then one that never
+  // sent a whole message (oldest first in each), then one with no work in progress, idle the
+  // longest; one with a request being answered or replies queued only as a last resort.
   const bool host_limit = per_host_.count(host) != 0
                           && per_host_[host] >= options_.max_connections_per_host;
+  auto rank = [](const entry& x) {
+    const auto& c = *x.conn;
+    int tier = !c.greeted()                            ? 0
+               : !c.ready()                            ? 1
+               : c.messages_received() == 0            ? 2
+               : (c.proto().busy() || c.wants_write()) ? 4
+                                                       : 3;
+    return std::make_pair(tier, tier <= 2 ? c.created() : c.last_activity());
+  };
   entry* victim = nullptr;
   for (auto& [id, e] : connections_) {
     if (host_limit && e->host != host)
       continue;
-    if (victim == nullptr) {
-      victim = e.get();
-      continue;
-    }
-    auto key = [](const entry& x) {
-      return std::make_pair(x.conn->ready() ? 1 : 0,
-                            x.conn->ready() ? x.conn->last_activity() : x.conn->created());
-    };
-    if (key(*e) < key(*victim))
+    if (victim == nullptr || rank(*e) < rank(*victim))
       victim = e.get();
   }
   if (victim == nullptr)
     return false;
   auto n = evicted_.fetch_add(1, std::memory_order_relaxed);
   if (should_log(n))
-    log::warn("{}: at its connection limit ({} in all, {} per host): closing the connection from "
-              "{} idle the longest ({} evicted so far)",
+    log::warn("{}: at its connection limit ({} in all, {} per host): closing the least useful "
+              "connection, from {} ({} evicted so far)",
               options_.name, options_.max_connections, options_.max_connections_per_host,
               victim->host, n + 1);
   close_connection(victim->conn->id(), "evicted at the connection limit", false);
@@ -235,10 +238,14 @@ void server::admit(unique_fd fd, const std::string& host) {
   connections_.emplace(id, std::move(e));
   accepted_.fetch_add(1, std::memory_order_relaxed);
   open_.store(connections_.size(), std::memory_order_relaxed);
+  // Read what the peer sent with its connection right away: a real peer's greeting and first
+  // request are usually there, which lifts it above connections that sent nothing before the next
+  // admission has to choose whom to close.
+  handle(id, EPOLLIN | EPOLLOUT);
 }
 
 void server::accept_ready() {
-  for (int i = 0; i < 256; ++i) {
+  for (int i = 0; i < 64; ++i) {
     int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK)

@@ -2,8 +2,9 @@
 /// A listening ZMTP endpoint served by one thread (epoll): accepts connections, drives each
 /// connection's I/O, and bounds what peers can cost:
 ///   - at most `max_connections` connections (and `max_connections_per_host` from one address):
-///     beyond that, the connection that has been idle longest (one that never finished its
-///     handshake first, then one that never completed a message) is closed to admit the new one;
+///     beyond that one is closed to admit the new one: first one that never finished its
+///     handshake, then one that never sent a whole message (oldest first), then one without work
+///     in progress (idle the longest), a busy one only as a last resort;
 ///   - a connection that does not finish the ZMTP handshake within `handshake_timeout` is closed;
 ///   - bytes the protocols copy into replies are charged to one `reply_budget` for the whole
 ///     server; a protocol holds off reading its peer while the budget (or its own per-peer
