@@ -645,6 +645,18 @@ transport::tcp_server_counters transfer_engine::server_counters() const {
   return server_ ? server_->counters() : transport::tcp_server_counters{};
 }
 
+uint64_t transfer_engine::network_memory_bound() const noexcept {
+  if (!control_server_)
+    return 0;
+  transport::control::server_options co;
+  co.limits = limits_of(settings_);
+  co.reply_budget = std::min<uint64_t>(settings_.reply_budget, 32ULL << 20);
+  // Each queued notification also costs its two strings' and its queue slot's bookkeeping.
+  const uint64_t inbox = settings_.notify_inbox_bytes + settings_.notify_inbox_messages * 128ULL;
+  return transport::control::memory_bound(co)
+         + (server_ ? transport::memory_bound(limits_of(settings_)) : 0) + inbox;
+}
+
 transport::control::server_counters transfer_engine::control_counters() const {
   return control_server_ ? control_server_->counters() : transport::control::server_counters{};
 }

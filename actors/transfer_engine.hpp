@@ -161,6 +161,11 @@ public:
   [[nodiscard]] transport::tcp_server_counters server_counters() const;
   /// Counters of this node's control-plane server (zero without one).
   [[nodiscard]] transport::control::server_counters control_counters() const;
+  /// The most memory other nodes can make this engine hold through its ports (control and data
+  /// servers at their worst, plus the notification inbox); 0 when it does not listen.
+  /// docs/ARCHITECTURE.md, "Network surface", explains each term.
+  [[nodiscard]] uint64_t network_memory_bound() const noexcept;
+
   /// This engine's control (rpc) port; 0 when the runtime is not networked.
   [[nodiscard]] uint16_t rpc_port() const noexcept { return rpc_port_; }
 

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include <malloc.h>
+#include <sys/resource.h>
 #include <optional>
 #include <string>
 
@@ -43,7 +44,13 @@ int main(int argc, char** argv) {
   // to the kernel and maps them again (page faults on every 1 MiB slice); keep them in the heap.
   // See docs/PERFORMANCE.md: an engine embedded elsewhere benefits from the same two settings.
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  // Connections are bounded by the configuration (max_connections per port), not by the file
+  // descriptor limit: raise the soft limit to the hard one so the bounds are what decides.
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   CLI::App app{"kvferry: moves LLM KV cache between machines, every transfer resolved exactly once"};
   app.require_subcommand(1);
   // --config is accepted before the subcommand (`kvferry --config F node`) and after it

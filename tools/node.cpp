@@ -38,17 +38,32 @@ int run_node(const config::settings& settings, const node_options& options) {
   std::printf("kvferry node: serving segment %s (%llu bytes at %p)\n",
               (*engine)->segment_name().c_str(), static_cast<unsigned long long>(bytes),
               static_cast<void*>(buffer.data));
+  std::printf("kvferry node: peers can make it hold at most %llu bytes (network memory bound)\n",
+              static_cast<unsigned long long>((*engine)->network_memory_bound()));
   std::printf("segment name: %s\n", (*engine)->segment_name().c_str());
   std::fflush(stdout);
   int sig = wait_for_stop_signal();
   log::debug("node '{}': stopping on signal {}", (*engine)->segment_name(), sig);
   auto c = (*engine)->server_counters();
+  auto k = (*engine)->control_counters();
   (*engine)->shutdown();
   std::printf("kvferry node: served %llu requests (%llu reads, %llu writes), %llu refused, "
               "%llu malformed frames\n",
               static_cast<unsigned long long>(c.requests), static_cast<unsigned long long>(c.reads),
               static_cast<unsigned long long>(c.writes), static_cast<unsigned long long>(c.refused),
               static_cast<unsigned long long>(c.malformed));
+  std::printf("kvferry node: connections: data %llu accepted, %llu evicted, %llu closed for "
+              "protocol violations, %llu handshake timeouts; control %llu accepted, %llu evicted, "
+              "%llu violations, %llu control requests, %llu malformed\n",
+              static_cast<unsigned long long>(c.connections.accepted),
+              static_cast<unsigned long long>(c.connections.evicted),
+              static_cast<unsigned long long>(c.connections.violations),
+              static_cast<unsigned long long>(c.connections.handshake_timeouts),
+              static_cast<unsigned long long>(k.connections.accepted),
+              static_cast<unsigned long long>(k.connections.evicted),
+              static_cast<unsigned long long>(k.connections.violations),
+              static_cast<unsigned long long>(k.requests),
+              static_cast<unsigned long long>(k.malformed));
   std::printf("kvferry node: stopped\n");
   return 0;
 }
