@@ -201,6 +201,96 @@ BOOST_AUTO_TEST_CASE(remove_regions) {
   BOOST_CHECK(reg.snapshot()->empty());
 }
 
+BOOST_AUTO_TEST_CASE(a_held_lease_keeps_the_region_registered_and_unregister_fails_whole) {
+  region_registry reg;
+  BOOST_REQUIRE(reg.add(0x10000, 0x1000, location{}));
+  auto lease = reg.lease(0x10100, 16);
+  BOOST_REQUIRE(lease);
+  // Nobody lets go within the timeout: the region is put back, the call says busy.
+  auto removed = reg.remove(0x10000, std::chrono::milliseconds(50));
+  expect_error(removed, errc::busy, {"0x10000", "still in use", "stays registered"});
+  BOOST_CHECK(reg.find(0x10000, 0x1000).has_value());
+  BOOST_CHECK(reg.lease(0x10000, 1)); // usable again
+  lease.reset();
+  BOOST_CHECK(reg.remove(0x10000, std::chrono::milliseconds(50)));
+  BOOST_CHECK(!reg.find(0x10000, 1).has_value());
+  BOOST_CHECK(!reg.lease(0x10000, 1));
+}
+
+BOOST_AUTO_TEST_CASE(fence_listeners_let_go_and_unregister_completes) {
+  region_registry reg;
+  BOOST_REQUIRE(reg.add(0x20000, 0x1000, location{}));
+  BOOST_REQUIRE(reg.add(0x40000, 0x1000, location{}));
+  // A user of the region (a data path holding a reply that points into it) lets go when told.
+  auto held = std::make_shared<memory::region_lease>(reg.lease(0x20000, 0x1000));
+  auto other = reg.lease(0x40000, 16); // another region's lease does not hold this one up
+  BOOST_REQUIRE(*held && other);
+  std::vector<uint64_t> fenced;
+  auto id = reg.add_fence_listener([&, held](const region& r) {
+    fenced.push_back(r.base);
+    if (held->state() == r.state.get())
+      held->reset();
+  });
+  // While the region is being removed, no new lease can be taken and no overlapping add.
+  auto removed = reg.remove(0x20000, std::chrono::seconds(30));
+  BOOST_REQUIRE_MESSAGE(removed, why(removed));
+  BOOST_CHECK_EQUAL(fenced.size(), 1u);
+  BOOST_CHECK_EQUAL(fenced.front(), 0x20000u);
+  BOOST_CHECK_EQUAL(removed->state->users(), 0u);
+  reg.remove_fence_listener(id);
+  BOOST_CHECK(reg.add(0x20000, 0x1000, location{})); // reusable once removed
+}
+
+BOOST_AUTO_TEST_CASE(lease_and_remove_race_without_a_lost_use) {
+  // Threads take and drop leases while another unregisters and re-registers the region: a
+  // lease is either refused or counted, so remove() never returns while one is held.
+  region_registry reg;
+  BOOST_REQUIRE(reg.add(0x50000, 0x1000, location{}));
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> violations{0}, taken{0};
+  std::atomic<bool> removed_flag{false};
+  std::vector<std::thread> users;
+  for (int t = 0; t < 2; ++t)
+    users.emplace_back([&] {
+      while (!stop.load()) {
+        auto l = reg.lease(0x50000, 64);
+        if (l) {
+          ++taken;
+          if (removed_flag.load()) // remove() returned while this lease was held
+            ++violations;
+        }
+      }
+    });
+  for (int i = 0; i < 500; ++i) {
+    // Let a user take a lease on the region before it goes (bounded: users may be descheduled).
+    auto before = taken.load();
+    for (int spin = 0; spin < 100000 && taken.load() == before; ++spin)
+      std::this_thread::yield();
+    auto r = reg.remove(0x50000, std::chrono::seconds(30));
+    BOOST_REQUIRE_MESSAGE(r, why(r));
+    removed_flag = true; // from here until the next add, no lease may be held
+    for (int spin = 0; spin < 3; ++spin)
+      std::this_thread::yield();
+    removed_flag = false;
+    BOOST_REQUIRE(reg.add(0x50000, 0x1000, location{}));
+  }
+  stop = true;
+  for (auto& u : users)
+    u.join();
+  BOOST_CHECK_EQUAL(violations.load(), 0u);
+  BOOST_CHECK_GT(taken.load(), 0u);
+}
+
+BOOST_AUTO_TEST_CASE(a_closed_registry_refuses_everything) {
+  region_registry reg;
+  BOOST_REQUIRE(reg.add(0x60000, 0x1000, location{}));
+  BOOST_CHECK_EQUAL(reg.close(std::chrono::seconds(5)), 0u);
+  BOOST_CHECK(reg.closed());
+  BOOST_CHECK(reg.snapshot()->empty());
+  BOOST_CHECK(!reg.lease(0x60000, 1));
+  expect_error(reg.add(0x70000, 0x1000, location{}), errc::shutting_down, {"shut down"});
+}
+
 BOOST_AUTO_TEST_CASE(snapshot_is_immutable_while_registry_changes) {
   region_registry reg;
   BOOST_REQUIRE(reg.add(1000, 100, {}));

@@ -14,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -396,6 +397,29 @@ inline void round_trip_every_connection(initiator& in, segment_id seg, uint32_t 
     BOOST_REQUIRE_MESSAGE(tools::check_pattern(in.second.data + i * block, block, fill_seed,
                                                5 + i * block) == block,
                           what << ": block " << i << " differs from the node's pattern");
+}
+
+/// Bytes waiting in the receive queues of the established IPv4 connections whose local port is
+/// `port` (the target's side of its data connections), from /proc/net/tcp.
+inline uint64_t bytes_queued_at(uint16_t port) {
+  std::ifstream table("/proc/net/tcp");
+  std::string line;
+  std::getline(table, line); // header
+  uint64_t total = 0;
+  while (std::getline(table, line)) {
+    // "sl local_address rem_address st tx_queue:rx_queue ...", addresses and queues in hex.
+    std::istringstream fields(line);
+    std::string slot, local, remote, state, queues;
+    if (!(fields >> slot >> local >> remote >> state >> queues) || state != "01")
+      continue;
+    auto colon = local.rfind(':');
+    auto queue_colon = queues.find(':');
+    if (colon == std::string::npos || queue_colon == std::string::npos
+        || std::stoul(local.substr(colon + 1), nullptr, 16) != port)
+      continue;
+    total += std::stoull(queues.substr(queue_colon + 1), nullptr, 16);
+  }
+  return total;
 }
 
 } // namespace kvferry::test::rig

@@ -444,33 +444,6 @@ BOOST_AUTO_TEST_CASE(sigkill_mid_run_resolves_every_task_and_restarted_target_wo
 // ------------------------------------------------------------------------------------------------
 // (4) SIGSTOP longer than the deadline.
 
-namespace {
-
-/// Bytes waiting in the receive queues of the established IPv4 connections whose local port is
-/// `port` (the target's side of its data connections), from /proc/net/tcp.
-uint64_t bytes_queued_at(uint16_t port) {
-  std::ifstream table("/proc/net/tcp");
-  std::string line;
-  std::getline(table, line); // header
-  uint64_t total = 0;
-  while (std::getline(table, line)) {
-    // "sl local_address rem_address st tx_queue:rx_queue ...", addresses and queues in hex.
-    std::istringstream fields(line);
-    std::string slot, local, remote, state, queues;
-    if (!(fields >> slot >> local >> remote >> state >> queues) || state != "01")
-      continue;
-    auto colon = local.rfind(':');
-    auto queue_colon = queues.find(':');
-    if (colon == std::string::npos || queue_colon == std::string::npos
-        || std::stoul(local.substr(colon + 1), nullptr, 16) != port)
-      continue;
-    total += std::stoull(queues.substr(queue_colon + 1), nullptr, 16);
-  }
-  return total;
-}
-
-} // namespace
-
 BOOST_AUTO_TEST_CASE(sigstop_past_the_deadline_times_out_once_and_late_replies_are_ignored) {
   const uint64_t segment_bytes = 8 * MiB;
   const uint64_t fill_seed = 0x5eed0004;
