@@ -579,7 +579,11 @@ void handle_report(self_pointer self, uint32_t worker,
                   + std::to_string(s.length) + " bytes, remote " + hex(t.spec.remote_addr + s.offset)
                   + ") failed on worker " + std::to_string(worker) + " after "
                   + std::to_string(s.attempts + 1) + " attempt(s): " + to_string(code)
-                  + (c.code == errc::none ? " (short transfer)" : "");
+                  + (c.code == errc::none ? " (short transfer)" : "")
+                  + (code == errc::stale_incarnation
+                       ? " (the target restarted: the memory this task named is gone; open the "
+                         "segment again to learn its new layout)"
+                       : "");
     release_slice(st, slot);
     resolve(st, task_slot, task_state::failed, code, std::move(reason));
   }

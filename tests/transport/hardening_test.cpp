@@ -319,3 +319,70 @@ BOOST_AUTO_TEST_CASE(a_link_outage_shorter_than_the_deadline_ends_completed) {
   BOOST_CHECK_EQUAL(after.tasks_failed, before.tasks_failed);
   stop_node(node);
 }
+
+BOOST_AUTO_TEST_CASE(open_segment_and_notify_give_up_on_a_mute_node_within_the_timeout) {
+  test::temp_dir dir("kvferry-hardening");
+  auto node = start_node(dir, test::node_config(0, 0, 30000), MiB, 0x5eed0106);
+  auto settings = initiator_settings(10s);
+  settings.open_timeout = 400ms;
+  initiator in(MiB, settings);
+  auto seg = in.open(node.name);
+  // The node's process is stopped: its kernel still accepts connections, nothing answers.
+  stop_the_world(node);
+  auto other = in.engine->open_segment(node.name);
+  BOOST_REQUIRE_MESSAGE(!other, "open_segment of a stopped node succeeded");
+  BOOST_CHECK(code_of(other.error()) == errc::timeout);
+  BOOST_CHECK_MESSAGE(contains(context_of(other.error()), "did not answer within 400 ms"),
+                      describe(other.error()));
+  auto err = in.engine->notify(seg, "hello");
+  BOOST_REQUIRE_MESSAGE(err, "notify to a stopped node succeeded");
+  BOOST_CHECK(code_of(err) == errc::timeout);
+  BOOST_REQUIRE(node.proc->signal(SIGCONT));
+  BOOST_CHECK(!in.engine->notify(seg, "hello again"));
+  stop_node(node);
+  // No node at all: refused at once, with the address.
+  auto none = in.engine->open_segment("127.0.0.1:" + std::to_string(test::free_tcp_port()));
+  BOOST_REQUIRE(!none);
+  BOOST_CHECK(code_of(none.error()) == errc::peer_unreachable);
+}
+
+BOOST_AUTO_TEST_CASE(a_node_names_the_configuration_fields_it_does_not_use) {
+  test::temp_dir dir("kvferry-hardening");
+  auto config = R"({"local_hostname":"127.0.0.1","metadata_server":"P2PHANDSHAKE",)"
+                R"("device_name":"mlx5_0","master_server_address":"127.0.0.1:50051",)"
+                R"("local_buffer_size":"2GB","kvferry":{"log_level":"warn"}})";
+  auto node = start_node(dir, config, MiB, 0);
+  BOOST_REQUIRE(eventually([&] { return contains(node.proc->err(), "local_buffer_size"); }));
+  auto err = node.proc->err();
+  for (const char* field : {"device_name", "master_server_address", "local_buffer_size"})
+    BOOST_CHECK_MESSAGE(contains(err, field), "the node's log does not name " << field << "\n" << err);
+  BOOST_CHECK(contains(err, "not used"));
+  stop_node(node);
+}
+
+BOOST_AUTO_TEST_CASE(a_target_stopped_and_resumed_within_the_deadline_completes) {
+  const uint64_t fill_seed = 0x5eed0107;
+  test::temp_dir dir("kvferry-hardening");
+  auto node = start_node(dir, test::node_config(0, 0, 30000), 8 * MiB, fill_seed);
+  initiator in(8 * MiB, initiator_settings(10s, 1));
+  auto seg = in.open(node.name);
+  round_trip_every_connection(in, seg, 1, fill_seed, "before SIGSTOP");
+  stop_the_world(node);
+  std::vector<transfer_request> rqs;
+  for (uint64_t i = 0; i < 16; ++i)
+    rqs.push_back({opcode::read, in.local.data + i * 65536, seg, in.remote_base + i * 65536, 65536});
+  auto batch = in.engine->allocate_batch(rqs.size());
+  BOOST_REQUIRE(batch);
+  BOOST_REQUIRE(in.engine->submit(*batch, rqs));
+  std::this_thread::sleep_for(1500ms); // the pause (a fault's duration, not a synchronisation)
+  BOOST_REQUIRE(node.proc->signal(SIGCONT));
+  auto w = in.engine->wait(*batch, 60s);
+  BOOST_REQUIRE_MESSAGE(w, why(w));
+  for (uint32_t i = 0; i < rqs.size(); ++i) {
+    auto st = in.engine->status(*batch, i);
+    BOOST_REQUIRE_MESSAGE(st->state == task_state::completed, show(*st));
+    BOOST_REQUIRE(tools::check_pattern(in.local.data + i * 65536, 65536, fill_seed, i * 65536) == 65536);
+  }
+  BOOST_CHECK(!in.engine->free_batch(*batch));
+  stop_node(node);
+}

@@ -12,6 +12,7 @@
 #include <optional>
 #include <random>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -638,6 +639,14 @@ BOOST_AUTO_TEST_CASE(garbage_on_data_and_control_ports_is_refused_and_node_keeps
                      header(frame_op::write, 2013, in_range + 100, 50)}),   // 100 of 150 bytes
              junk_data(100)});
   malformed({concat({header(frame_op::read, 2014, in_range, 16), std::vector<uint8_t>(7, 1)})});
+  {
+    auto h = header(frame_op::read, 2015, in_range, 16);
+    h[7] = 1;
+    malformed({h});                                                         // reserved byte set
+    auto g = header(frame_op::read, 2016, in_range, 16);
+    g[47] = 1;
+    malformed({g});                                                         // reserved word set
+  }
   // Well formed but refused: out of range, stale incarnation. Then a valid READ.
   send_frames({header(frame_op::read, 1001, base + segment_bytes, 16)});
   send_frames({header(frame_op::write, 1002, in_range, 100, 12345), junk_data(100)});
@@ -648,6 +657,7 @@ BOOST_AUTO_TEST_CASE(garbage_on_data_and_control_ports_is_refused_and_node_keeps
                        header(frame_op::read, 1006, base + 256, 16)}),
                junk_data(8)});
   std::optional<transport::wire::reply_header> out_of_range, stale, valid, vec_a, vec_refused, vec_b;
+  std::set<uint64_t> refused_ids; // malformed requests answered by id
   std::vector<uint8_t> valid_data, vec_data;
   size_t vector_replies = 0;
   auto until = steady::now() + 10s;
@@ -670,10 +680,12 @@ BOOST_AUTO_TEST_CASE(garbage_on_data_and_control_ports_is_refused_and_node_keeps
         BOOST_REQUIRE(transport::wire::decode(parts[0].data<uint8_t>() + 32 * i, 32, r[i], derr));
       }
       if (r[0].id != 1004) {
-        for (const auto& e : r)
+        for (const auto& e : r) {
           BOOST_CHECK_MESSAGE(e.status == errc::malformed_frame,
                               "entry " << e.id << " of a malformed request answered "
                                        << to_string(e.status));
+          refused_ids.insert(e.id);
+        }
         continue;
       }
       ++vector_replies;
@@ -698,12 +710,19 @@ BOOST_AUTO_TEST_CASE(garbage_on_data_and_control_ports_is_refused_and_node_keeps
       if (parts.size() > 1)
         valid_data.assign(parts[1].data<uint8_t>(), parts[1].data<uint8_t>() + parts[1].size());
     } else {
-      BOOST_CHECK_MESSAGE(reply.status != errc::none,
-                          "a malformed request (id " << reply.id << ") was answered with success");
+      BOOST_CHECK_MESSAGE(reply.status == errc::malformed_frame,
+                          "a malformed request (id " << reply.id << ") was answered "
+                                                     << to_string(reply.status));
+      refused_ids.insert(reply.id);
     }
   }
   BOOST_REQUIRE_MESSAGE(out_of_range && stale && valid,
                         "missing replies to well-formed requests\n" << node.proc->transcript());
+  // Every malformed request whose id is readable was answered (replies come in request order, so
+  // they all arrived before the well-formed ones sent after them).
+  for (uint64_t id = 2001; id <= 2016; ++id)
+    BOOST_CHECK_MESSAGE(id == 2011 || id == 2013 || refused_ids.count(id) == 1,
+                        "malformed request " << id << " got no malformed_frame reply");
   BOOST_CHECK_MESSAGE(out_of_range->status == errc::out_of_range,
                       "out-of-range READ answered " << to_string(out_of_range->status));
   BOOST_CHECK_MESSAGE(stale->status == errc::stale_incarnation,
@@ -775,6 +794,7 @@ BOOST_AUTO_TEST_CASE(garbage_on_data_and_control_ports_is_refused_and_node_keeps
   for (const auto* reason : {"wrong header size", "wrong magic", "unsupported version",
                              "unknown opcode", "length is 0 or above the 64 MiB frame limit",
                              "data frame missing, unexpected or of the wrong size",
+                             "a reserved field is not zero",
                              "more than two frames in a request"})
     BOOST_CHECK_MESSAGE(contains(err, reason), "the node's log does not name '" << reason << "'");
   std::smatch m;

@@ -16,8 +16,10 @@ constexpr size_t max_reply_header_bytes = wire::max_entries * wire::reply_header
 /// A header frame buffer larger than this is released after use (legitimate frames are small).
 constexpr size_t keep_header_capacity = 4096;
 
+/// Says whether to log the count-th refusal: the first 20 (each reason once, typically), then every
+/// 1000th.
 bool should_log(uint64_t count) noexcept {
-  return count < 10 || count % 1000 == 0;
+  return count < 20 || count % 1000 == 0;
 }
 
 } // namespace
