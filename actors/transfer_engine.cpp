@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <mutex>
+#include <optional>
 
 #include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
@@ -643,6 +644,18 @@ caf::expected<std::vector<notification>> transfer_engine::get_notifies() {
 
 transport::tcp_server_counters transfer_engine::server_counters() const {
   return server_ ? server_->counters() : transport::tcp_server_counters{};
+}
+
+caf::expected<std::pair<uint64_t, uint64_t>> transfer_engine::notification_counters() const {
+  std::shared_lock<std::shared_mutex> life(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  std::optional<caf::expected<std::pair<uint64_t, uint64_t>>> out;
+  caf::scoped_actor self{runtime_->system()};
+  self->request(owner_, call_timeout, stats_atom::value)
+    .receive([&](uint64_t queued, uint64_t refused) { out = std::make_pair(queued, refused); },
+             [&](caf::error& err) { out = std::move(err); });
+  return std::move(*out);
 }
 
 uint64_t transfer_engine::network_memory_bound() const noexcept {

@@ -159,6 +159,8 @@ public:
   [[nodiscard]] caf::expected<coordinator_stats> stats() const;
   /// Counters of this node's TCP data-plane server (zero without one).
   [[nodiscard]] transport::tcp_server_counters server_counters() const;
+  /// Notifications waiting for get_notifies, and those refused because the inbox was full.
+  [[nodiscard]] caf::expected<std::pair<uint64_t, uint64_t>> notification_counters() const;
   /// Counters of this node's control-plane server (zero without one).
   [[nodiscard]] transport::control::server_counters control_counters() const;
   /// The most memory other nodes can make this engine hold through its ports (control and data

@@ -71,7 +71,8 @@ struct bench_options {
   int64_t target_offset = 0;
 };
 
-/// Seed of the pattern a bench target fills its buffer with (READ verification).
+/// Seed of the pattern a bench target fills its buffer with, and that WRITE runs leave behind (so
+/// READ verification works after any run).
 inline constexpr uint64_t bench_target_seed = 0x7461726765740001ULL;
 
 int run_bench(config::settings settings, const bench_options& options);

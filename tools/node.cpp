@@ -46,6 +46,7 @@ int run_node(const config::settings& settings, const node_options& options) {
   log::debug("node '{}': stopping on signal {}", (*engine)->segment_name(), sig);
   auto c = (*engine)->server_counters();
   auto k = (*engine)->control_counters();
+  auto inbox = (*engine)->notification_counters();
   (*engine)->shutdown();
   std::printf("kvferry node: served %llu requests (%llu reads, %llu writes), %llu refused, "
               "%llu malformed frames\n",
@@ -64,6 +65,10 @@ int run_node(const config::settings& settings, const node_options& options) {
               static_cast<unsigned long long>(k.connections.violations),
               static_cast<unsigned long long>(k.requests),
               static_cast<unsigned long long>(k.malformed));
+  if (inbox)
+    std::printf("kvferry node: notifications: %llu waiting, %llu refused (inbox full)\n",
+                static_cast<unsigned long long>(inbox->first),
+                static_cast<unsigned long long>(inbox->second));
   std::printf("kvferry node: stopped\n");
   return 0;
 }

@@ -430,7 +430,11 @@ BOOST_AUTO_TEST_CASE(a_notification_flood_is_refused_beyond_the_inbox_bound) {
   BOOST_CHECK_GT(refused.load(), 0u); // the inbox (1024 messages, 4 MiB) filled and said so
   n.serve_check("after a notification flood");
   n.require_within_bound(rss.finish(), "notification flood");
-  stop_node(n.node);
+  auto out = stop_node(n.node);
+  std::smatch m;
+  BOOST_REQUIRE_MESSAGE(std::regex_search(out, m, std::regex("(\\d+) waiting, (\\d+) refused")), out);
+  BOOST_CHECK_LE(std::stoull(m[1].str()), 1024u);
+  BOOST_CHECK_GE(std::stoull(m[2].str()), refused.load());
 }
 
 BOOST_AUTO_TEST_CASE(half_frames_stalls_and_garbage_cost_nothing_lasting) {
