@@ -227,6 +227,25 @@ private:
 };
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed).
+/// A blocking TCP connection to 127.0.0.1:port, switched to non-blocking when asked; -1 when it
+/// could not be made.
+inline int connect_loopback(uint16_t port, bool nonblocking = false) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  if (nonblocking)
+    ::fcntl(fd, F_SETFL, O_NONBLOCK);
+  return fd;
+}
+
 inline uint16_t free_tcp_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)

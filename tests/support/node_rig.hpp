@@ -249,17 +249,9 @@ inline uint16_t data_port_of(const memory::segment_descriptor& desc) {
 /// to `linger`, closes. Returns false when the connection could not be made.
 inline bool send_raw(uint16_t port, const std::vector<uint8_t>& bytes,
               std::chrono::milliseconds linger = 200ms) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = kvferry::test::connect_loopback(port);
   if (fd < 0)
     return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return false;
-  }
   size_t sent = 0;
   while (sent < bytes.size()) {
     auto n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);

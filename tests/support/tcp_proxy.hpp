@@ -19,6 +19,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "tests/support/child_process.hpp"
+
 namespace kvferry::test {
 
 class tcp_proxy {
@@ -108,16 +110,9 @@ private:
   }
 
   int connect_upstream() {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(upstream_);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-      ::close(fd);
+    int fd = connect_loopback(upstream_, true);
+    if (fd < 0)
       return -1;
-    }
-    ::fcntl(fd, F_SETFL, O_NONBLOCK);
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     return fd;

@@ -109,22 +109,9 @@ struct attacked_node {
   }
 };
 
-/// A blocking TCP connection to 127.0.0.1:port (or -1), then switched to non-blocking.
+/// A TCP connection to the node (or -1), non-blocking unless asked otherwise.
 int connect_to(uint16_t port, bool nonblocking = true) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return -1;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(port);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  if (nonblocking)
-    ::fcntl(fd, F_SETFL, O_NONBLOCK);
-  return fd;
+  return kvferry::test::connect_loopback(port, nonblocking);
 }
 
 /// Sends as much of `bytes` as the socket takes without blocking; returns how much.

@@ -33,6 +33,33 @@ struct addrinfo_list {
   }
 };
 
+/// Resolves host:port and returns the first non-blocking socket for which `use` (bind+listen or
+/// connect) succeeds; errors name `what` and why.
+template <class Use>
+caf::expected<unique_fd> open_socket(const std::string& host, uint16_t port, bool passive,
+                                     const std::string& what, errc resolve_error, Use use) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+  addrinfo_list res;
+  auto service = std::to_string(port);
+  auto h = strip_brackets(host);
+  int rc = ::getaddrinfo(passive && h == "*" ? nullptr : h.c_str(), service.c_str(), &hints,
+                         &res.list);
+  if (rc != 0)
+    return make_error(resolve_error, what + ": cannot resolve the host: " + ::gai_strerror(rc));
+  std::string last = "no address";
+  for (auto* ai = res.list; ai != nullptr; ai = ai->ai_next) {
+    unique_fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                          ai->ai_protocol));
+    if (fd && use(fd.get(), *ai))
+      return fd;
+    last = std::strerror(errno);
+  }
+  return make_error(passive ? errc::transport_failure : errc::peer_unreachable, what + ": " + last);
+}
+
 } // namespace
 
 void unique_fd::reset() noexcept {
@@ -79,37 +106,16 @@ bool parse_tcp_endpoint(const std::string& endpoint, std::string& host, uint16_t
 }
 
 caf::expected<unique_fd> listen_tcp(const std::string& host, uint16_t port, int backlog) {
-  auto where = [&] { return host + ":" + std::to_string(port); };
+  auto where = host + ":" + std::to_string(port);
   if (!valid_host(host))
     return make_error(errc::invalid_argument, "listen on '" + host + "': not a host name or address");
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo_list res;
-  auto service = std::to_string(port);
-  auto h = strip_brackets(host);
-  int rc = ::getaddrinfo(h == "*" ? nullptr : h.c_str(), service.c_str(), &hints, &res.list);
-  if (rc != 0)
-    return make_error(errc::invalid_argument,
-                      "listen on " + where() + ": cannot resolve the host: " + ::gai_strerror(rc));
-  std::string last = "no address";
-  for (auto* ai = res.list; ai != nullptr; ai = ai->ai_next) {
-    unique_fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                          ai->ai_protocol));
-    if (!fd) {
-      last = std::strerror(errno);
-      continue;
-    }
-    int one = 1;
-    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), backlog) != 0) {
-      last = std::strerror(errno);
-      continue;
-    }
-    return fd;
-  }
-  return make_error(errc::transport_failure, "listen on " + where() + ": " + last);
+  return open_socket(host, port, true, "listen on " + where, errc::invalid_argument,
+                     [backlog](int fd, const addrinfo& ai) {
+                       int one = 1;
+                       ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+                       return ::bind(fd, ai.ai_addr, ai.ai_addrlen) == 0
+                              && ::listen(fd, backlog) == 0;
+                     });
 }
 
 uint16_t local_port(int fd) noexcept {
@@ -125,36 +131,16 @@ uint16_t local_port(int fd) noexcept {
 }
 
 caf::expected<unique_fd> connect_tcp(const std::string& host, uint16_t port) {
-  auto where = [&] { return host + ":" + std::to_string(port); };
+  auto where = host + ":" + std::to_string(port);
   if (!valid_host(host) || port == 0)
     return make_error(errc::invalid_argument,
-                      "connect to '" + where() + "': not a host name or address and port");
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo_list res;
-  auto service = std::to_string(port);
-  auto h = strip_brackets(host);
-  int rc = ::getaddrinfo(h.c_str(), service.c_str(), &hints, &res.list);
-  if (rc != 0)
-    return make_error(errc::peer_unreachable,
-                      "connect to " + where() + ": cannot resolve the host: " + ::gai_strerror(rc));
-  std::string last = "no address";
-  for (auto* ai = res.list; ai != nullptr; ai = ai->ai_next) {
-    unique_fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                          ai->ai_protocol));
-    if (!fd) {
-      last = std::strerror(errno);
-      continue;
-    }
-    int one = 1;
-    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS)
-      return fd;
-    last = std::strerror(errno);
-  }
-  return make_error(errc::peer_unreachable, "connect to " + where() + ": " + last);
+                      "connect to '" + where + "': not a host name or address and port");
+  return open_socket(host, port, false, "connect to " + where, errc::peer_unreachable,
+                     [](int fd, const addrinfo& ai) {
+                       int one = 1;
+                       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                       return ::connect(fd, ai.ai_addr, ai.ai_addrlen) == 0 || errno == EINPROGRESS;
+                     });
 }
 
 std::string peer_host(int fd) {
