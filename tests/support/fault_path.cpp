@@ -189,6 +189,11 @@ fault_counters fault_path::counters() const {
   return counters_;
 }
 
+bool fault_path::stopped() const {
+  std::lock_guard<std::mutex> guard(mutex_);
+  return stopping_;
+}
+
 void fault_path::deliver_batch(std::vector<slice_completion>&& batch) {
   completion_sink sink;
   {

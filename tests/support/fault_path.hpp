@@ -78,6 +78,8 @@ public:
   bool confirm_withdrawal(unsettled_segments unsettled = {});
 
   [[nodiscard]] fault_counters counters() const;
+  /// True once stop() ran (the worker that owns this path stopped it, or was destroyed).
+  [[nodiscard]] bool stopped() const;
 
 private:
   void deliver_batch(std::vector<slice_completion>&& batch);
