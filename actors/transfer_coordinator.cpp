@@ -412,6 +412,21 @@ uint32_t pick_worker(segment_entry& segment, uint32_t avoid) {
   return w;
 }
 
+/// True when a worker still reaches the task's segment; otherwise resolves the task FAILED (its
+/// segment was re-opened with a descriptor no worker's data path reaches).
+bool retry_possible(coordinator_state& st, uint32_t task_slot) {
+  auto& t = st.tasks[task_slot];
+  auto seg = st.segments.find(t.spec.segment);
+  if (seg != st.segments.end() && !seg->second.workers.empty())
+    return true;
+  auto name = seg == st.segments.end() ? std::to_string(t.spec.segment)
+                                       : seg->second.descriptor.name;
+  resolve(st, task_slot, task_state::failed, errc::not_supported,
+          "no worker's data path reaches segment '" + name + "' any more (it was re-opened "
+          "without an endpoint this engine can use); last error: " + t.last_error);
+  return false;
+}
+
 void handle_submit(self_pointer self, submission& sub) {
   auto& st = self->state;
   auto& board = *sub.board;
@@ -559,6 +574,8 @@ void handle_report(self_pointer self, uint32_t worker,
       ++st.stats.slices_retried;
       s.failed_worker = s.worker;
       end_attempt(st, slot); // a report for the failed attempt is stale from now on
+      if (!retry_possible(st, task_slot))
+        continue; // resolved FAILED: no worker reaches the segment any more
       auto delay = backoff(st, s.attempts);
       if (delay.count() == 0) {
         post_slice(st, slot, pick_worker(st.segments[t.spec.segment], s.failed_worker));
@@ -618,6 +635,8 @@ void handle_deadline(self_pointer self) {
         || st.slices[slot].worker != no_worker)
       continue;
     auto& s = st.slices[slot];
+    if (!retry_possible(st, s.task))
+      continue;
     auto& t = st.tasks[s.task];
     post_slice(st, slot, pick_worker(st.segments[t.spec.segment], s.failed_worker));
   }

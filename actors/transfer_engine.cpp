@@ -40,11 +40,15 @@ caf::expected<Result> ask(caf::actor_system& sys, const Handle& dest, caf::times
 template <class Result, class Handle, class Done, class... Ts>
 void ask_then(caf::actor_system& sys, const Handle& dest, caf::timespan timeout, Done done,
               Ts... xs) {
-  sys.spawn([=](caf::event_based_actor* self) {
-    self->request(dest, timeout, xs...)
-      .then([=](Result& r) mutable { done(caf::expected<Result>(std::move(r))); },
-            [=](caf::error& err) mutable { done(caf::expected<Result>(std::move(err))); });
-  });
+  // The arguments travel through spawn, not lambda captures: CAF 0.17 dereferences a null
+  // argument tuple for a spawned function without arguments (UBSan reports it).
+  auto body = [](caf::event_based_actor* self, Handle to, caf::timespan limit, Done answer,
+                 Ts... args) {
+    self->request(to, limit, std::move(args)...)
+      .then([answer](Result& r) mutable { answer(caf::expected<Result>(std::move(r))); },
+            [answer](caf::error& err) mutable { answer(caf::expected<Result>(std::move(err))); });
+  };
+  sys.spawn(body, dest, timeout, std::move(done), std::move(xs)...);
 }
 
 caf::error no_such_batch(const char* call, batch_id batch) {

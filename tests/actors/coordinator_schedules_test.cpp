@@ -1589,15 +1589,11 @@ BOOST_FIXTURE_TEST_CASE(free_after_timeout_waits_for_the_timed_out_slices, one_t
   BOOST_TEST(board->resolutions(0) == 1u);
 }
 
-// Known coordinator bug, found by the reconnect exploration (not fixed here): when the segment is
-// connected again with a descriptor that no worker's endpoint kind matches (a peer that restarted
-// with another transport), the segment is left with no eligible worker, and the next retry of one
-// of its slices picks a worker modulo zero (pick_worker in transfer_coordinator.cpp): the process
-// dies with SIGFPE. handle_submit checks for an empty worker list; the retry paths
-// (handle_report, handle_deadline) do not. Disabled until the coordinator handles it; run with
-// --run_test=retry_after_reconnect_to_unreachable_segment.
-BOOST_FIXTURE_TEST_CASE(retry_after_reconnect_to_unreachable_segment, one_task_fixture,
-                        *boost::unit_test::disabled()) {
+// Found by the reconnect exploration: when the segment is connected again with a descriptor that
+// no worker's endpoint kind matches (a peer that restarted with another transport), the segment
+// has no eligible worker left; the next retry of one of its slices picked a worker modulo zero
+// (SIGFPE). The task now FAILS, saying why.
+BOOST_FIXTURE_TEST_CASE(retry_after_reconnect_to_unreachable_segment, one_task_fixture) {
   BOOST_TEST_REQUIRE(path->held().size() == 2u);
   memory::segment_descriptor desc;
   desc.name = "peer";
@@ -1608,9 +1604,19 @@ BOOST_FIXTURE_TEST_CASE(retry_after_reconnect_to_unreachable_segment, one_task_f
   auto held = path->held();
   BOOST_TEST(path->complete(held[0].id, errc::transport_failure, true));
   run_coordinator_side();
-  BOOST_TEST(board->resolutions(0) <= 1u);
+  BOOST_TEST(board->resolutions(0) == 1u);
+  auto status = board->status(0);
+  BOOST_TEST(status.state == task_state::failed);
+  BOOST_TEST((status.code == errc::not_supported));
+  BOOST_TEST(status.reason.find("no worker's data path reaches segment 'peer'") != std::string::npos,
+             status.reason);
   request_free();
-  step_worker_until_replied();
+  while (!*replied && sched.prioritize(worker)) {
+    sched.run_once();
+    run_coordinator_side();
+  }
+  BOOST_TEST(*replied);
+  BOOST_TEST(path->held().empty()); // the other slice was withdrawn
   BOOST_TEST(board->resolutions(0) == 1u);
 }
 
