@@ -50,8 +50,7 @@ public:
   /// From now on nothing is forwarded (connections stay open; what clients send is swallowed):
   /// requests are in flight and never answered. Use cut() next (a frozen link loses its bytes).
   void freeze() {
-    frozen_ = true;
-    ring();
+    command(cmd_freeze);
   }
   /// The link goes down: every connection is closed and new ones are refused.
   void cut() {
@@ -71,7 +70,7 @@ private:
     int client;
     int server;
   };
-  static constexpr int cmd_none = 0, cmd_cut = 1, cmd_restore = 2;
+  static constexpr int cmd_none = 0, cmd_cut = 1, cmd_restore = 2, cmd_freeze = 3;
 
   void ring() {
     uint64_t one = 1;
@@ -166,7 +165,9 @@ private:
         cmd = pending_;
         pending_ = cmd_none;
       }
-      if (cmd == cmd_cut) {
+      if (cmd == cmd_freeze) {
+        frozen_ = true;
+      } else if (cmd == cmd_cut) {
         for (auto& p : pairs_) {
           ::close(p.client);
           ::close(p.server);

@@ -56,7 +56,7 @@ struct setup {
 std::string hostile_config() {
   return R"({"local_hostname":"127.0.0.1","metadata_server":"P2PHANDSHAKE","protocol":"tcp",)"
          R"("kvferry":{"task_deadline_ms":30000,"log_level":"error","max_connections":256,)"
-         R"("max_connections_per_host":256,"handshake_timeout_ms":2000,)"
+         R"("max_connections_per_host":192,"handshake_timeout_ms":2000,)"
          R"("peer_max_queued_messages":64,"peer_max_queued_bytes":"16MiB",)"
          R"("reply_budget":"32MiB","notify_inbox_messages":1024,"notify_inbox_bytes":"4MiB"}})";
 }
@@ -109,9 +109,32 @@ struct attacked_node {
   }
 };
 
-/// A TCP connection to the node (or -1), non-blocking unless asked otherwise.
+/// An attacker's TCP connection to the node (or -1), non-blocking unless asked otherwise. Attackers
+/// come from 127.0.0.2 and legitimate peers from 127.0.0.1, so the node's per-host bound keeps a
+/// share of its connections for hosts other than the attacker's, as it would in a cluster.
 int connect_to(uint16_t port, bool nonblocking = true) {
-  return kvferry::test::connect_loopback(port, nonblocking);
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  // The source port is chosen at connect (by 4-tuple), so thousands of attacker sockets do not
+  // use up the ephemeral ports that legitimate peers' connections need.
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  from.sin_addr.s_addr = htonl(0x7f000002);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  to.sin_port = htons(port);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0
+      || ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  if (nonblocking)
+    ::fcntl(fd, F_SETFL, O_NONBLOCK);
+  return fd;
 }
 
 /// Sends as much of `bytes` as the socket takes without blocking; returns how much.
