@@ -89,23 +89,17 @@ void fault_path::withdraw(std::span<const uint64_t> ids, std::chrono::steady_clo
                           std::function<void(unsettled_segments)> done) {
   {
     std::lock_guard<std::mutex> guard(mutex_);
-    if (manual_ && hold_withdrawals_) {
-      // The test decides when (and with what) this withdrawal is confirmed.
-      std::unordered_set<uint64_t> gone(ids.begin(), ids.end());
-      auto before = held_.size();
-      held_.erase(std::remove_if(held_.begin(), held_.end(),
-                                 [&](const slice_op& op) { return gone.count(op.id) > 0; }),
-                  held_.end());
-      counters_.withdrawn += before - held_.size();
-      pending_withdrawals_.push_back(std::move(done));
-      return;
-    }
     std::unordered_set<uint64_t> gone(ids.begin(), ids.end());
     auto before = held_.size();
     held_.erase(std::remove_if(held_.begin(), held_.end(),
                                [&](const slice_op& op) { return gone.count(op.id) > 0; }),
                 held_.end());
     counters_.withdrawn += before - held_.size();
+    if (manual_ && hold_withdrawals_) {
+      // The test decides when (and with what) this withdrawal is confirmed.
+      pending_withdrawals_.push_back(std::move(done));
+      return;
+    }
     // Delayed completions of withdrawn slices are dropped, except duplicates that the policy
     // injects deliberately: those stay, to exercise the coordinator's late-report path.
     for (auto it = delayed_.begin(); it != delayed_.end();) {

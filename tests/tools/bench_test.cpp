@@ -39,20 +39,6 @@ struct run_result {
   std::string transcript;
 };
 
-/// Runs an initiator to completion (or kills it after `limit`).
-run_result run_initiator(const std::string& config, std::vector<std::string> flags,
-                         std::chrono::milliseconds limit = 120s) {
-  std::vector<std::string> argv{kvferry_binary(), "--config", config, "bench", "--mode=initiator"};
-  argv.insert(argv.end(), flags.begin(), flags.end());
-  child_process p(argv);
-  auto rc = p.wait_exit_code(limit);
-  run_result r;
-  r.exit_code = rc ? *rc : -999;
-  r.out = p.out();
-  r.transcript = p.transcript();
-  return r;
-}
-
 /// Runs `kvferry` with `args` to completion (or kills it after `limit`).
 run_result run_kvferry(std::vector<std::string> args, std::chrono::milliseconds limit = 120s) {
   args.insert(args.begin(), kvferry_binary());
@@ -63,6 +49,14 @@ run_result run_kvferry(std::vector<std::string> args, std::chrono::milliseconds 
   r.out = p.out();
   r.transcript = p.transcript();
   return r;
+}
+
+/// Runs an initiator to completion (or kills it after `limit`).
+run_result run_initiator(const std::string& config, std::vector<std::string> flags,
+                         std::chrono::milliseconds limit = 120s) {
+  std::vector<std::string> args{"--config", config, "bench", "--mode=initiator"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  return run_kvferry(std::move(args), limit);
 }
 
 struct task_counts {
