@@ -30,6 +30,14 @@ const char* to_string(errc code) noexcept {
     case errc::busy: return "busy";
     case errc::stale_incarnation: return "stale_incarnation";
     case errc::unconfirmed: return "unconfirmed";
+    case errc::object_not_found: return "object_not_found";
+    case errc::object_exists: return "object_exists";
+    case errc::object_has_lease: return "object_has_lease";
+    case errc::lease_expired: return "lease_expired";
+    case errc::store_full: return "store_full";
+    case errc::checksum_mismatch: return "checksum_mismatch";
+    case errc::not_mounted: return "not_mounted";
+    case errc::fenced: return "fenced";
   }
   return "unknown_error_code";
 }

@@ -55,10 +55,28 @@ enum class errc : uint8_t {
   /// A target did not confirm in time that withdrawn WRITEs move no more bytes: the local side
   /// is released (the batch is freed), but the named segment may still receive some of them.
   unconfirmed,
+  /// Store: no object has this key (or it is not visible yet: its put has not ended).
+  object_not_found,
+  /// Store: a put of a key that already exists (or lost a race with another put of that key).
+  object_exists,
+  /// Store: the object is leased (being read) or its put is unfinished; remove it with force.
+  object_has_lease,
+  /// Store: the object's lease expired while it was being read; its space may have been reused.
+  lease_expired,
+  /// Store: no mounted segment has room for the value (after eviction of what may be evicted).
+  store_full,
+  /// Store: the bytes read do not match the checksum recorded when the object was put.
+  checksum_mismatch,
+  /// Store: the master does not know this client (it restarted, or declared the client dead):
+  /// the client mounts its segments again.
+  not_mounted,
+  /// Store: the access carried a fence token older than the allocation it addressed (a late
+  /// WRITE or READ aimed at an object whose space was freed).
+  fenced,
 };
 
 /// The highest errc value (frames from peers carry errc values; larger ones are malformed).
-inline constexpr errc errc_last = errc::unconfirmed;
+inline constexpr errc errc_last = errc::fenced;
 
 /// Short stable name of a code, e.g. "out_of_range".
 [[nodiscard]] const char* to_string(errc code) noexcept;
