@@ -88,7 +88,8 @@ void region_registry::publish(std::vector<region> next) {
   version_.fetch_add(1, std::memory_order_acq_rel);
 }
 
-caf::expected<region> region_registry::add(uint64_t base, uint64_t length, location where) {
+caf::expected<region> region_registry::add(uint64_t base, uint64_t length, location where,
+                                           bool fenced) {
   if (base == 0)
     return make_error(errc::invalid_argument, "register memory: address is null");
   if (length == 0)
@@ -113,7 +114,8 @@ caf::expected<region> region_registry::add(uint64_t base, uint64_t length, locat
                         "register memory " + range_text(base, length) + " overlaps region "
                           + range_text(r.base, r.length) + ", which is being unregistered");
   std::vector<region> next = current->regions();
-  region added{base, length, where, std::make_shared<region_state>()};
+  region added{base, length, where, std::make_shared<region_state>(),
+                fenced ? std::make_shared<fence_map>() : nullptr};
   next.insert(std::upper_bound(next.begin(), next.end(), base,
                                [](uint64_t b, const region& r) { return b < r.base; }),
               added);
@@ -158,6 +160,62 @@ caf::expected<region> region_registry::remove(uint64_t base, std::chrono::millis
                                   + ": still in use by " + std::to_string(removed.state->users())
                                   + " transfer(s) after " + std::to_string(timeout.count())
                                   + " ms; the region stays registered");
+}
+
+caf::error region_registry::fence(uint64_t region_base, uint64_t addr, uint64_t len,
+                                  uint64_t floor, std::chrono::milliseconds timeout) {
+  auto what = [&] {
+    return "fence " + range_text(addr, len) + " of region at " + hex(region_base) + " to floor "
+           + std::to_string(floor);
+  };
+  region fenced;
+  {
+    auto table = snapshot();
+    const auto* r = table->find_base(region_base);
+    if (r == nullptr)
+      return make_error(errc::unknown_region,
+                        what() + ": no registered region starts at " + hex(region_base));
+    if (!r->fences)
+      return make_error(errc::invalid_argument,
+                        what() + ": the region " + range_text(r->base, r->length)
+                          + " was not registered as fenced");
+    if (!r->contains(addr, len))
+      return make_error(errc::invalid_argument,
+                        what() + ": the range is empty or not inside the region "
+                          + range_text(r->base, r->length));
+    fenced = *r;
+  }
+  // From here no check admits an older token for the range; raise() waited for the same-process
+  // copies admitted before. The listeners end what other data paths admitted before.
+  fenced.fences->raise(addr, len, floor);
+  struct waiter {
+    std::mutex mutex;
+    std::condition_variable all_done;
+    size_t pending = 0;
+  };
+  auto wait = std::make_shared<waiter>();
+  {
+    std::lock_guard<std::mutex> guard(listeners_mutex_);
+    wait->pending = range_listeners_.size();
+    for (auto& [id, listener] : range_listeners_) {
+      auto once = std::make_shared<std::atomic<bool>>(false);
+      listener(fenced, addr, len, [wait, once] {
+        if (once->exchange(true))
+          return;
+        std::lock_guard<std::mutex> g(wait->mutex);
+        if (--wait->pending == 0)
+          wait->all_done.notify_all();
+      });
+    }
+  }
+  std::unique_lock<std::mutex> lock(wait->mutex);
+  if (!wait->all_done.wait_for(lock, timeout, [&] { return wait->pending == 0; }))
+    return make_error(errc::busy, what() + ": " + std::to_string(wait->pending)
+                                    + " data path(s) did not confirm within "
+                                    + std::to_string(timeout.count())
+                                    + " ms that older accesses ended; the floor is raised, so no "
+                                      "new one starts");
+  return {};
 }
 
 size_t region_registry::close(std::chrono::milliseconds timeout) {
@@ -209,6 +267,18 @@ uint64_t region_registry::add_fence_listener(fence_listener listener) {
 void region_registry::remove_fence_listener(uint64_t id) {
   std::lock_guard<std::mutex> guard(listeners_mutex_);
   std::erase_if(listeners_, [id](const auto& entry) { return entry.first == id; });
+}
+
+uint64_t region_registry::add_range_fence_listener(range_fence_listener listener) {
+  std::lock_guard<std::mutex> guard(listeners_mutex_);
+  auto id = next_listener_++;
+  range_listeners_.emplace_back(id, std::move(listener));
+  return id;
+}
+
+void region_registry::remove_range_fence_listener(uint64_t id) {
+  std::lock_guard<std::mutex> guard(listeners_mutex_);
+  std::erase_if(range_listeners_, [id](const auto& entry) { return entry.first == id; });
 }
 
 void region_registry::notify_fence(const region& r) {

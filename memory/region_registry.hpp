@@ -12,6 +12,11 @@
 /// closes the connection that holds it), and `remove` returns only when no lease is held any more.
 /// If leases are still held after the timeout, the region is put back and `remove` fails: either
 /// the region stays registered, or nothing touches it after `remove` returned.
+///
+/// A region registered as fenced has a `fence_map` (memory/fence_map.hpp): every access to it
+/// carries a token that the data paths check against the floors of its range. `fence` raises the
+/// floors of a range and returns once the range fence listeners confirmed that no access with an
+/// older token is still in progress on any data path. Floors live as long as the registration.
 
 #include <atomic>
 #include <chrono>
@@ -25,6 +30,7 @@
 
 #include <caf/expected.hpp>
 
+#include "memory/fence_map.hpp"
 #include "memory/location.hpp"
 #include "memory/range_lookup.hpp"
 
@@ -57,6 +63,8 @@ struct region {
   location where;
   /// Never null for a region in a registry's table.
   std::shared_ptr<region_state> state;
+  /// The fence floors of a fenced region; null for an unfenced one (accesses carry no token).
+  std::shared_ptr<fence_map> fences;
 
   [[nodiscard]] uint64_t end() const noexcept { return base + length; }
   /// True when [addr, addr+len) lies inside this region (len > 0, no wrap-around).
@@ -110,19 +118,37 @@ class region_registry {
 public:
   /// Called (on the unregistering thread) when a region leaves the table; must return quickly.
   using fence_listener = std::function<void(const region&)>;
+  /// Called (on the fencing thread) once the floors of [addr, addr+len) of fenced region `r` were
+  /// raised; must return quickly. The data path ends every access to that range still in progress
+  /// that was admitted before (it closes the connection that carries it), then calls `done` (once,
+  /// from any thread, inline or later).
+  using range_fence_listener = std::function<void(const region& r, uint64_t addr, uint64_t len,
+                                                  std::function<void()> done)>;
 
   region_registry() : table_(std::make_shared<const region_table>()) {}
   region_registry(const region_registry&) = delete;
   region_registry& operator=(const region_registry&) = delete;
 
   /// Registers [base, base+length). Rejects a null base, zero length, address wrap-around, any
-  /// overlap with a registered region (or one being unregistered), and a closed registry.
-  [[nodiscard]] caf::expected<region> add(uint64_t base, uint64_t length, location where);
+  /// overlap with a registered region (or one being unregistered), and a closed registry. A fenced
+  /// region gets a fence map with every floor 0 (any non-zero token is admitted until a fence).
+  [[nodiscard]] caf::expected<region> add(uint64_t base, uint64_t length, location where,
+                                          bool fenced = false);
 
   /// Unregisters the region that starts at `base` (see the header comment). errc::busy, with the
   /// region still registered, when its memory is still in use after `timeout`.
   [[nodiscard]] caf::expected<region> remove(uint64_t base,
                                               std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+  /// Raises the fence floor of [addr, addr+len) of the fenced region starting at `region_base` to
+  /// `floor` (floors never go down), then has every range fence listener end the accesses to that
+  /// range in progress. On success, no access with a token <= `floor` to any byte of the range is in
+  /// progress or can start on any data path. Errors: errc::unknown_region (no region starts at
+  /// `region_base`), errc::invalid_argument (the region is not fenced, or the range is empty or not
+  /// inside it), errc::busy (a listener did not confirm within `timeout`; the floors are raised all
+  /// the same, so no new access with an older token starts).
+  [[nodiscard]] caf::error fence(uint64_t region_base, uint64_t addr, uint64_t len, uint64_t floor,
+                                 std::chrono::milliseconds timeout);
 
   /// Unregisters every region and refuses new ones: the segment is gone. Returns the number of
   /// regions whose users did not let go within `timeout` (0 normally).
@@ -149,6 +175,11 @@ public:
   uint64_t add_fence_listener(fence_listener listener);
   void remove_fence_listener(uint64_t id);
 
+  /// Adds a range fence listener; returns its id for remove_range_fence_listener. Once that
+  /// returned, the listener is not called any more.
+  uint64_t add_range_fence_listener(range_fence_listener listener);
+  void remove_range_fence_listener(uint64_t id);
+
 private:
   void publish(std::vector<region> next);
   void notify_fence(const region& r);
@@ -161,6 +192,7 @@ private:
   std::vector<region> removing_;
   std::mutex listeners_mutex_;
   std::vector<std::pair<uint64_t, fence_listener>> listeners_;
+  std::vector<std::pair<uint64_t, range_fence_listener>> range_listeners_;
   uint64_t next_listener_ = 1;
 };
 

@@ -3,12 +3,15 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "tests/support/checks.hpp"
+#include "tests/support/thread_state.hpp"
 #include "config/error.hpp"
 #include "memory/location.hpp"
 #include "memory/region_registry.hpp"
@@ -25,6 +28,7 @@ namespace {
 
 using kvferry::test::why;
 using kvferry::test::contains;
+using kvferry::test::eventually;
 
 constexpr uint64_t max_u64 = std::numeric_limits<uint64_t>::max();
 
@@ -356,7 +360,7 @@ BOOST_AUTO_TEST_CASE(lookup_in_100k_regions, *boost::unit_test::timeout(20)) {
   std::vector<region> sorted;
   sorted.reserve(n);
   for (uint64_t i = 0; i < n; ++i)
-    sorted.push_back(region{0x100000 + i * stride, length, location{location_kind::cpu, uint32_t(i % 4)}});
+    sorted.push_back(region{0x100000 + i * stride, length, location{location_kind::cpu, uint32_t(i % 4)}, nullptr, nullptr});
   region_table table{std::move(sorted)};
   BOOST_REQUIRE_EQUAL(table.size(), n);
   uint64_t wrong = 0;
@@ -395,6 +399,143 @@ BOOST_AUTO_TEST_CASE(lookup_in_100k_regions, *boost::unit_test::timeout(20)) {
   for (uint64_t k = 0; k < m; ++k)
     missing += !reg.find(0x100000 + k * stride + 17, 100);
   BOOST_CHECK_EQUAL(missing, 0u);
+}
+
+// -- fenced regions -----------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(fence_refuses_what_it_cannot_fence) {
+  region_registry reg;
+  auto fenced = reg.add(0x80000, 0x1000, location{}, /*fenced=*/true);
+  BOOST_REQUIRE(fenced);
+  BOOST_REQUIRE(fenced->fences);
+  auto plain = reg.add(0x90000, 0x1000, location{});
+  BOOST_REQUIRE(plain);
+  BOOST_CHECK(!plain->fences);
+  const auto t = std::chrono::seconds(5);
+  auto expect = [&](caf::error err, errc code, std::initializer_list<std::string_view> parts) {
+    BOOST_REQUIRE_MESSAGE(err, "expected " << to_string(code) << ", got success");
+    BOOST_CHECK_MESSAGE(code_of(err) == code, "expected " << to_string(code) << ", got " << describe(err));
+    for (auto part : parts)
+      BOOST_CHECK_MESSAGE(contains(context_of(err), part), describe(err) << " lacks '" << part << "'");
+  };
+  expect(reg.fence(0x80001, 0x80001, 16, 5, t), errc::unknown_region, {"0x80001", "no registered region"});
+  expect(reg.fence(0x90000, 0x90000, 16, 5, t), errc::invalid_argument, {"not registered as fenced"});
+  expect(reg.fence(0x80000, 0x80000, 0, 5, t), errc::invalid_argument, {"not inside"});
+  expect(reg.fence(0x80000, 0x80ff0, 0x20, 5, t), errc::invalid_argument, {"not inside"}); // past the end
+  expect(reg.fence(0x80000, 0x7fff0, 0x20, 5, t), errc::invalid_argument, {"not inside"}); // before the start
+  expect(reg.fence(0x80000, 0x90000, 0x10, 5, t), errc::invalid_argument, {"not inside"}); // another region
+  expect(reg.fence(0x80000, 0x80010, max_u64, 5, t), errc::invalid_argument, {"not inside"});
+  // Nothing was raised by a refused call.
+  BOOST_CHECK_EQUAL(fenced->fences->size(), 1u);
+  BOOST_CHECK(!reg.fence(0x80000, 0x80000, 0x1000, 5, t));
+  BOOST_CHECK(!fenced->fences->admits(0x80000, 1, 5));
+  BOOST_CHECK(fenced->fences->admits(0x80000, 0x1000, 6));
+  // A region registered again starts with fresh floors (they live as long as the registration).
+  BOOST_REQUIRE(reg.remove(0x80000, t));
+  auto again = reg.add(0x80000, 0x1000, location{}, true);
+  BOOST_REQUIRE(again && again->fences);
+  BOOST_CHECK(again->fences->admits(0x80000, 0x1000, 1));
+}
+
+BOOST_AUTO_TEST_CASE(fence_raises_the_floor_then_waits_for_every_listener) {
+  region_registry reg;
+  auto r = reg.add(0xa0000, 0x10000, location{}, true);
+  BOOST_REQUIRE(r);
+  struct call {
+    uint64_t base, addr, len;
+    bool raised; // the floor was already up when the listener ran
+  };
+  std::mutex calls_mutex;
+  std::vector<call> calls;
+  std::function<void()> held_done; // the second listener answers later, from another thread
+  std::atomic<bool> held{false};
+  auto first = reg.add_range_fence_listener([&](const region& x, uint64_t addr, uint64_t len, auto done) {
+    {
+      std::lock_guard<std::mutex> g(calls_mutex);
+      calls.push_back({x.base, addr, len, !x.fences->admits(addr, len, 7)});
+    }
+    done();
+    done(); // a second call counts once
+  });
+  auto second = reg.add_range_fence_listener([&](const region&, uint64_t, uint64_t, auto done) {
+    held_done = std::move(done);
+    held = true;
+  });
+  std::atomic<bool> returned{false};
+  caf::error result;
+  std::thread fencer([&] {
+    result = reg.fence(0xa0000, 0xa1000, 0x2000, 7, std::chrono::seconds(60));
+    returned = true;
+  });
+  BOOST_REQUIRE(eventually([&] { return held.load(); }));
+  // The first listener answered; the second has not: fence() has not returned.
+  BOOST_CHECK(!returned.load());
+  {
+    std::lock_guard<std::mutex> g(calls_mutex);
+    BOOST_REQUIRE_EQUAL(calls.size(), 1u);
+    BOOST_CHECK_EQUAL(calls[0].base, 0xa0000u);
+    BOOST_CHECK_EQUAL(calls[0].addr, 0xa1000u);
+    BOOST_CHECK_EQUAL(calls[0].len, 0x2000u);
+    BOOST_CHECK(calls[0].raised);
+  }
+  std::thread answer([&] { held_done(); });
+  answer.join();
+  fencer.join();
+  BOOST_CHECK(returned.load());
+  BOOST_CHECK_MESSAGE(!result, describe(result));
+  BOOST_CHECK(!r->fences->admits(0xa1000, 0x2000, 7));
+  BOOST_CHECK(r->fences->admits(0xa1000, 0x2000, 8));
+  BOOST_CHECK(r->fences->admits(0xa0000, 0x1000, 1)); // outside the fenced range
+
+  // A listener that never answers: errc::busy after the timeout, the floor raised all the same.
+  reg.remove_range_fence_listener(first);
+  reg.remove_range_fence_listener(second);
+  auto mute = reg.add_range_fence_listener([](const region&, uint64_t, uint64_t, auto) {});
+  auto err = reg.fence(0xa0000, 0xa4000, 0x100, 9, std::chrono::milliseconds(50));
+  BOOST_CHECK_MESSAGE(code_of(err) == errc::busy, describe(err));
+  BOOST_CHECK(contains(context_of(err), "did not confirm"));
+  BOOST_CHECK(!r->fences->admits(0xa4000, 0x100, 9));
+  // Removed listeners are not called any more.
+  reg.remove_range_fence_listener(mute);
+  BOOST_CHECK(!reg.fence(0xa0000, 0xa5000, 0x100, 9, std::chrono::milliseconds(50)));
+  BOOST_CHECK_EQUAL(calls.size(), 1u);
+}
+
+BOOST_AUTO_TEST_CASE(fence_waits_for_a_same_process_copy_in_progress) {
+  region_registry reg;
+  auto r = reg.add(0xb0000, 0x1000, location{}, true);
+  BOOST_REQUIRE(r);
+  std::atomic<int> listener_calls{0};
+  auto id = reg.add_range_fence_listener([&](const region&, uint64_t, uint64_t, auto done) {
+    ++listener_calls;
+    done();
+  });
+  std::atomic<pid_t> fencer_id{0};
+  std::atomic<bool> returned{false};
+  caf::error result;
+  std::thread fencer;
+  {
+    // A copy admitted with token 3 is in progress (as the local path holds it around its memcpy).
+    memory::fence_map::access copy(*r->fences, 0xb0100, 64, 3);
+    BOOST_REQUIRE(copy);
+    fencer = std::thread([&] {
+      fencer_id = test::current_thread_id();
+      result = reg.fence(0xb0000, 0xb0000, 0x1000, 3, std::chrono::seconds(60));
+      returned = true;
+    });
+    BOOST_REQUIRE(eventually([&] {
+      return fencer_id.load() != 0 && test::in_futex_wait(fencer_id.load());
+    }));
+    BOOST_CHECK(!returned.load());
+    BOOST_CHECK_EQUAL(listener_calls.load(), 0); // the raise comes first, and it waits
+  }
+  fencer.join();
+  BOOST_CHECK(returned.load());
+  BOOST_CHECK_MESSAGE(!result, describe(result));
+  BOOST_CHECK_EQUAL(listener_calls.load(), 1);
+  BOOST_CHECK(!memory::fence_map::access(*r->fences, 0xb0100, 64, 3));
+  BOOST_CHECK(memory::fence_map::access(*r->fences, 0xb0100, 64, 4));
+  reg.remove_range_fence_listener(id);
 }
 
 // -- segment_descriptor -------------------------------------------------------------------------
