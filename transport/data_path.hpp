@@ -49,6 +49,10 @@ struct slice_op {
   /// The task's deadline (steady clock, nanoseconds since its epoch): a slice still waiting for a
   /// connection, or sent and unanswered, is given up at this time and its window slot freed.
   int64_t deadline_ns = 0;
+  /// Fence token of the access (memory/fence_map.hpp): 0 = none. A fenced target region admits the
+  /// slice only when the token is above the fence floor of its whole remote range (else
+  /// errc::fenced, which is not retried); unfenced regions ignore it.
+  uint64_t fence_token = 0;
 
   [[nodiscard]] std::chrono::steady_clock::time_point deadline() const noexcept {
     return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
@@ -58,7 +62,7 @@ struct slice_op {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, slice_op& x) {
   return f(caf::meta::type_name("kvferry::slice_op"), x.id, x.op, x.peer, x.remote_key,
-           x.local_addr, x.remote_addr, x.length, x.local_where, x.deadline_ns);
+           x.local_addr, x.remote_addr, x.length, x.local_where, x.deadline_ns, x.fence_token);
 }
 
 /// What became of one slice.

@@ -1,5 +1,7 @@
 #include "transport/local/path.hpp"
 
+#include <optional>
+
 #include "memory/device.hpp"
 
 namespace kvferry::transport {
@@ -48,12 +50,29 @@ void local_path::post(std::span<const slice_op> ops) {
       continue;
     }
     memory::location remote_where, local_where;
-    auto remote = registry->lease(op.remote_addr, op.length, &remote_where);
+    const auto remote_table = registry->snapshot();
+    const auto* remote_region = remote_table->find(op.remote_addr, op.length);
+    memory::region_lease remote;
+    if (remote_region != nullptr) {
+      remote = memory::region_lease(*remote_region);
+      remote_where = remote_region->where;
+    }
     auto local = self_->lease(op.local_addr, op.length, &local_where);
     if (!remote || !local) {
       c.code = !remote ? errc::out_of_range : errc::unregistered_memory;
       done.push_back(c);
       continue;
+    }
+    // A fenced target admits the copy only with a token above the floor of its range; the check
+    // stays held until the copy ended, so a fence of the range waits for it.
+    std::optional<memory::fence_map::access> fence;
+    if (remote_region->fences) {
+      fence.emplace(*remote_region->fences, op.remote_addr, op.length, op.fence_token);
+      if (!*fence) {
+        c.code = errc::fenced;
+        done.push_back(c);
+        continue;
+      }
     }
     slice_gates::pass gate(gates_.get(), op.id);
     if (!gate) {

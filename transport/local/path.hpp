@@ -4,7 +4,9 @@
 /// inside one region the target segment registered (read from its live registry, not from a
 /// possibly stale descriptor). Each copy holds leases on both regions (so unregistering either
 /// waits for it, and a region being unregistered is not touched) and the slice's gate (so a task
-/// that is already terminal is not written).
+/// that is already terminal is not written). A fenced target region admits a copy only when the
+/// slice's fence token is above the floor of its range (else errc::fenced); the copy holds that
+/// check (a fence_map::access) until its last byte moved, so fencing the range waits for it.
 
 #include <memory>
 #include <string>

@@ -557,6 +557,7 @@ bool tcp_path::send_batch(uint32_t index) {
     r.incarnation = peer.incarnation;
     r.remote_addr = op.remote_addr;
     r.length = op.length;
+    r.token = op.fence_token;
     wire::encode(r, h + i * wire::request_header_size);
   }
   bool queued = false;

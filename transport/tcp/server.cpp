@@ -125,6 +125,19 @@ public:
     return false;
   }
 
+  // Entries decoded and admitted whose bytes are not all moved yet: a WRITE whose data is arriving,
+  // a READ answered once the request's data frame is in.
+  bool holds_range(uint64_t addr, uint64_t len) const override {
+    if (malformed_)
+      return false; // refused whole: no entry touches memory
+    for (size_t i = 0; i < entries_.size() && i < status_.size(); ++i) {
+      const auto& e = entries_[i];
+      if (status_[i] == errc::none && e.remote_addr < addr + len && addr < e.remote_addr + e.length)
+        return true;
+    }
+    return false;
+  }
+
 private:
   void reset() {
     // Buffers grown by an unusually large request are given back, so an idle connection costs
@@ -207,6 +220,8 @@ private:
         leases_[i] = memory::region_lease(*r);
         if (!leases_[i])
           status = errc::out_of_range; // being unregistered
+        else if (r->fences && !r->fences->admits(req.remote_addr, req.length, req.token))
+          status = errc::fenced; // its allocation was freed (or it carries no token)
         else
           where_[i] = r->where;
       }
@@ -221,9 +236,9 @@ private:
         leases_[i].reset();
         auto refused = shared_->refused.fetch_add(1, std::memory_order_relaxed);
         if (should_log(refused))
-          log::info("segment '{}': refused {} of [{}, +{}): {}", shared_->segment_name,
+          log::info("segment '{}': refused {} of [{}, +{}) (token {}): {}", shared_->segment_name,
                     req.op == wire::frame_op::write ? "WRITE" : "READ", hex(req.remote_addr),
-                    req.length, to_string(status));
+                    req.length, req.token, to_string(status));
       }
     }
   }
@@ -386,6 +401,28 @@ tcp_server::start(std::shared_ptr<memory::region_registry> registry, tcp_server_
         "its replies or WRITE held memory that is being unregistered");
     });
   });
+  // Fencing a range of a fenced region closes the connections with an access to it in progress
+  // (admitted before the floor rose): a WRITE whose bytes are arriving, a READ not yet answered, a
+  // READ reply still to be read from the range. Their remaining bytes never move. `done` runs once
+  // that happened, or when the job is dropped because the server stopped (no connection is left).
+  out->range_fence_listener_ = registry->add_range_fence_listener(
+    [srv](const memory::region&, uint64_t addr, uint64_t len, std::function<void()> done) {
+      struct done_on_destroy {
+        std::function<void()> done;
+        ~done_on_destroy() {
+          if (done)
+            done();
+        }
+      };
+      auto finish = std::make_shared<done_on_destroy>();
+      finish->done = std::move(done);
+      srv->post([srv, addr, len, finish]() mutable {
+        srv->close_if(
+          [&](zmtp::connection& c) { return c.holds_range(addr, len) || c.proto().holds_range(addr, len); },
+          "it had an access in progress to a range that was fenced");
+        finish.reset();
+      });
+    });
   log::debug("segment '{}': tcp data plane listening on {}", options.segment_name, out->endpoint_);
   return out;
 }
@@ -400,6 +437,10 @@ void tcp_server::stop() {
   if (fence_listener_ != 0) {
     registry_->remove_fence_listener(fence_listener_);
     fence_listener_ = 0;
+  }
+  if (range_fence_listener_ != 0) {
+    registry_->remove_range_fence_listener(range_fence_listener_);
+    range_fence_listener_ = 0;
   }
   server_->stop();
 }

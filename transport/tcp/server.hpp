@@ -9,6 +9,10 @@
 /// is readable. A WRITE's bytes go from the socket straight into the checked registered memory and
 /// are acknowledged once all of them are in place.
 ///
+/// Fenced regions (memory/fence_map.hpp): an entry addressed to a fenced region is admitted only
+/// when its token is above the fence floor of its whole range (else errc::fenced). Fencing a range
+/// closes every connection with an admitted access to it still in progress.
+///
 /// READ guarantee: a READ reply is sent from registered memory without a copy (device memory is
 /// staged through the host); its bytes are read from memory as the reply leaves, so each byte holds
 /// a value the target memory had at some moment between the request's arrival and the reply's
@@ -126,6 +130,7 @@ private:
   std::shared_ptr<zmtp::server> server_;
   std::string endpoint_;
   uint64_t fence_listener_ = 0;
+  uint64_t range_fence_listener_ = 0;
 };
 
 } // namespace kvferry::transport

@@ -9,7 +9,9 @@
 ///
 /// request header: magic u32 "KVFQ" | version u16 | op u8 | reserved u8 | id u64 |
 ///                 incarnation u64 (the target incarnation the initiator addressed; 0 = any) |
-///                 remote_addr u64 | length u64 | reserved u64
+///                 remote_addr u64 | length u64 |
+///                 token u64 (fence token, 0 = none: a fenced region admits the entry only when
+///                 the token is above the fence floor of its whole range; others ignore it)
 /// reply header:   magic u32 "KVFR" | version u16 | status u8 (errc) | flags u8 (bit 0: `bytes`
 ///                 bytes of this entry are in the data frame) | id u64 | bytes u64 | reserved u64
 ///
@@ -44,6 +46,8 @@ struct request_header {
   uint64_t incarnation = 0;
   uint64_t remote_addr = 0;
   uint64_t length = 0;
+  /// Fence token (memory/fence_map.hpp); 0 = none.
+  uint64_t token = 0;
 };
 
 struct reply_header {
@@ -72,6 +76,7 @@ inline void encode(const request_header& h, uint8_t* out) {
   detail::put64(out + 16, h.incarnation);
   detail::put64(out + 24, h.remote_addr);
   detail::put64(out + 32, h.length);
+  detail::put64(out + 40, h.token);
 }
 
 inline void encode(const reply_header& h, uint8_t* out) {
@@ -120,7 +125,7 @@ enum class decode_error : uint8_t { size, magic, version, opcode, length, reserv
     err = decode_error::opcode;
     return false;
   }
-  if (p[7] != 0 || detail::get64(p + 40) != 0) {
+  if (p[7] != 0) {
     err = decode_error::reserved;
     return false;
   }
@@ -128,6 +133,7 @@ enum class decode_error : uint8_t { size, magic, version, opcode, length, reserv
   out.incarnation = detail::get64(p + 16);
   out.remote_addr = detail::get64(p + 24);
   out.length = detail::get64(p + 32);
+  out.token = detail::get64(p + 40);
   if (out.length == 0 || out.length > max_frame_payload) {
     err = decode_error::length;
     return false;

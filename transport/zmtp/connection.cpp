@@ -117,6 +117,24 @@ bool connection::holds_lease_on(const memory::region_state* state) const noexcep
   return false;
 }
 
+bool connection::holds_range(uint64_t addr, uint64_t len) const noexcept {
+  for (size_t m = 0; m < out_.size(); ++m) {
+    const auto& ranges = out_[m]->ranges;
+    // Of the message being written, only what is not written yet.
+    for (size_t r = (m == 0 ? out_range_ : 0); r < ranges.size(); ++r) {
+      const auto& range = ranges[r];
+      if (range.external == nullptr)
+        continue;
+      const size_t skip = (m == 0 && r == out_range_) ? out_offset_ : 0;
+      const auto start = reinterpret_cast<uint64_t>(range.external) + skip;
+      const auto length = static_cast<uint64_t>(range.length - skip);
+      if (length > 0 && start < addr + len && addr < start + length)
+        return true;
+    }
+  }
+  return false;
+}
+
 io_result connection::on_writable() {
   while (!out_.empty() && stage_ != stage::failed) {
     iovec iov[max_iov];

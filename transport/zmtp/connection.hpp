@@ -110,6 +110,13 @@ public:
   [[nodiscard]] virtual bool busy() const { return false; }
   /// True when the protocol holds a lease on that region's memory for a message in progress.
   [[nodiscard]] virtual bool holds_region(const memory::region_state*) const { return false; }
+  /// True when a message in progress may still touch a byte of [addr, addr+len) (a WRITE whose
+  /// bytes are arriving, a READ not yet answered): fencing that range closes the connection.
+  [[nodiscard]] virtual bool holds_range(uint64_t addr, uint64_t len) const {
+    (void) addr;
+    (void) len;
+    return false;
+  }
 };
 
 struct connection_limits {
@@ -177,6 +184,9 @@ public:
   /// True when a queued message holds a lease on `state` (unregistering that region must not wait
   /// on a peer that never reads: its owner closes the connection instead).
   [[nodiscard]] bool holds_lease_on(const memory::region_state* state) const noexcept;
+  /// True when a queued message still has to read a byte of [addr, addr+len) of memory it does not
+  /// own (a READ reply sent from registered memory): fencing that range closes the connection.
+  [[nodiscard]] bool holds_range(uint64_t addr, uint64_t len) const noexcept;
 
   /// When this connection last completed a message from its peer, or was accepted.
   [[nodiscard]] std::chrono::steady_clock::time_point last_activity() const noexcept {
