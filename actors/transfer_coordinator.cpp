@@ -203,6 +203,7 @@ void post_slice(coordinator_state& st, uint32_t slot, uint32_t w) {
   op.remote_addr = t.spec.remote_addr + s.offset;
   op.length = s.length;
   op.local_where = t.spec.local_where;
+  op.fence_token = t.spec.fence_token;
   op.deadline_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                      t.deadline.time_since_epoch()).count();
   if (st.settings.gates)
@@ -569,7 +570,10 @@ void handle_report(self_pointer self, uint32_t worker,
       resolve(st, task_slot, task_state::timeout, errc::timeout, std::move(reason));
       continue;
     }
-    if (c.retryable && s.attempts < st.settings.retry_limit) {
+    // A fenced access stays fenced (the target's floor never goes down): never retried, whatever
+    // the data path said.
+    const bool retryable = c.retryable && code != errc::fenced;
+    if (retryable && s.attempts < st.settings.retry_limit) {
       ++s.attempts;
       ++st.stats.slices_retried;
       s.failed_worker = s.worker;
@@ -600,6 +604,11 @@ void handle_report(self_pointer self, uint32_t worker,
                   + (code == errc::stale_incarnation
                        ? " (the target restarted: the memory this task named is gone; open the "
                          "segment again to learn its new layout)"
+                       : "")
+                  + (code == errc::fenced
+                       ? " (the target's fence floor for that range is at or above the task's "
+                         "fence token " + std::to_string(t.spec.fence_token)
+                           + ": the allocation it named was freed)"
                        : "");
     release_slice(st, slot);
     resolve(st, task_slot, task_state::failed, code, std::move(reason));

@@ -28,7 +28,9 @@
 ///   A slice that fails with a retryable error and has retries left is re-posted after a backoff
 ///   (doubling, with jitter) on another eligible worker when there is one, under a new slice id,
 ///   so a report for the old attempt is recognisably stale; a retry that could not start before
-///   the deadline is not made (the task times out, its reason naming the last error). Resolving a
+///   the deadline is not made (the task times out, its reason naming the last error). A slice
+///   refused with errc::fenced is never retried (a fence floor never goes down): the task FAILS
+///   with that code at once, whatever the data path said about retrying. Resolving a
 ///   task closes its slices' gates (no data path touches its local memory afterwards), withdraws
 ///   its slices still at workers and forgets the task and its slices; any report that arrives
 ///   later names an id that no longer exists and is counted in `late_reports`, never acted on.
@@ -64,6 +66,8 @@ struct task_spec {
   uint64_t remote_addr = 0;
   uint64_t length = 0;
   memory::location local_where;
+  /// Copied into every slice of the task (transport::slice_op::fence_token); 0 = none.
+  uint64_t fence_token = 0;
 };
 
 /// A notification to send once every task of a submission is COMPLETED (never otherwise).

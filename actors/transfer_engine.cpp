@@ -271,7 +271,8 @@ void transfer_engine::shutdown() {
   }
 }
 
-caf::error transfer_engine::register_memory(void* addr, size_t length, std::string_view location) {
+caf::error transfer_engine::register_memory(void* addr, size_t length, std::string_view location,
+                                            bool fenced) {
   std::shared_lock<std::shared_mutex> guard(lifecycle_mutex_);
   if (stopped_)
     return stopped_error();
@@ -280,8 +281,17 @@ caf::error transfer_engine::register_memory(void* addr, size_t length, std::stri
     return loc.error();
   if (auto err = memory::check_location_usable(*loc))
     return err;
-  auto added = registry_->add(reinterpret_cast<uint64_t>(addr), uint64_t{length}, *loc);
+  auto added = registry_->add(reinterpret_cast<uint64_t>(addr), uint64_t{length}, *loc, fenced);
   return added ? caf::error{} : std::move(added.error());
+}
+
+caf::error transfer_engine::fence(void* region_base, uint64_t addr, uint64_t length,
+                                  uint64_t floor) {
+  std::shared_lock<std::shared_mutex> guard(lifecycle_mutex_);
+  if (stopped_)
+    return stopped_error();
+  return registry_->fence(reinterpret_cast<uint64_t>(region_base), addr, length, floor,
+                          settings_.withdraw_timeout);
 }
 
 caf::error transfer_engine::unregister_memory(void* addr) {
@@ -513,6 +523,7 @@ caf::expected<uint32_t> transfer_engine::submit(batch_id batch,
       spec.local_where = local->where;
       spec.remote_addr = rq.target_offset;
       spec.length = rq.length;
+      spec.fence_token = rq.fence_token;
       bool inside = true;
       if (!seg.local.expired() || seg.face) {
         auto& table = local_tables[rq.target_id];

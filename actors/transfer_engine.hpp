@@ -70,6 +70,10 @@ struct transfer_request {
   segment_id target_id = 0;
   uint64_t target_offset = 0;
   uint64_t length = 0;
+  /// Fence token of the access: 0 = none; required by fenced regions (see register_memory), which
+  /// admit the request only when the token is above the fence floor of its whole remote range;
+  /// otherwise the task FAILS with errc::fenced, without a retry. Unfenced regions ignore it.
+  uint64_t fence_token = 0;
 };
 
 struct submit_options {
@@ -108,9 +112,24 @@ public:
 
   // -- memory ---------------------------------------------------------------------------------
 
-  /// Registers [addr, addr+length) at `location` ("cpu:N", "cuda:N", "*").
+  /// Registers [addr, addr+length) at `location` ("cpu:N", "cuda:N", "*"). A `fenced` region (a
+  /// store's segment) admits an access, from any data path and any node, only when the request's
+  /// fence_token is non-zero and above the fence floor of every byte it names (every floor starts
+  /// at 0 and is raised by fence()); others fail with errc::fenced. Floors last as long as the
+  /// registration. An unfenced region ignores tokens.
   [[nodiscard]] caf::error register_memory(void* addr, size_t length,
-                                           std::string_view location = "cpu:0");
+                                           std::string_view location = "cpu:0",
+                                           bool fenced = false);
+  /// Raises the fence floor of [addr, addr+length) of the fenced region that starts at
+  /// `region_base` to `floor` (a floor never goes down): typically when the allocation whose token
+  /// is `floor` is freed, so that a late READ or WRITE aimed at it cannot reach whatever reuses
+  /// the space. Returns once no access with a token <= `floor` to the range is in progress or can
+  /// start on any data path: connections of other nodes with such an access in progress are
+  /// closed (their remaining bytes never land), same-process copies are waited for. Errors:
+  /// unknown_region (no region starts at `region_base`), invalid_argument (the region is not
+  /// fenced, or the range is empty or not inside it), busy (a data path did not confirm within
+  /// withdraw_timeout; the floor is raised all the same).
+  [[nodiscard]] caf::error fence(void* region_base, uint64_t addr, uint64_t length, uint64_t floor);
   /// Unregisters the region that starts at `addr` (see "Memory" above): transfers still using it
   /// are made to let go (they fail); errc::busy, with the region still registered, if they do not
   /// within withdraw_timeout.

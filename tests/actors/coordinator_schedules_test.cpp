@@ -1515,11 +1515,14 @@ struct one_task_fixture {
     task_spec spec;
     spec.local_addr = local_base(0);
     spec.length = 2 * slice_size;
+    spec.fence_token = fence_token;
     sub.tasks.push_back(spec);
     caf::anon_send(coordinator, submit_atom::value, std::move(sub));
     while (sched.try_run_once()) {
     }
   }
+
+  static constexpr uint64_t fence_token = 0xfe9ce;
 
   ~one_task_fixture() {
     caf::anon_send_exit(coordinator, caf::exit_reason::user_shutdown);
@@ -1618,6 +1621,34 @@ BOOST_FIXTURE_TEST_CASE(retry_after_reconnect_to_unreachable_segment, one_task_f
   BOOST_TEST(*replied);
   BOOST_TEST(path->held().empty()); // the other slice was withdrawn
   BOOST_TEST(board->resolutions(0) == 1u);
+}
+
+// A fenced access stays fenced (the target's floor never goes down): the task FAILS with
+// errc::fenced at once, even when the data path calls the failure retryable and retries are left.
+BOOST_FIXTURE_TEST_CASE(a_fenced_slice_fails_its_task_without_a_retry, one_task_fixture) {
+  auto held = path->held();
+  BOOST_TEST_REQUIRE(held.size() == 2u);
+  for (const auto& op : held)
+    BOOST_TEST(op.fence_token == fence_token); // every slice carries the task's token
+  BOOST_TEST(path->complete(held[0].id, errc::fenced, /*retryable=*/true));
+  run_coordinator_side();
+  BOOST_TEST(board->resolutions(0) == 1u);
+  auto status = board->status(0);
+  BOOST_TEST(status.state == task_state::failed);
+  BOOST_TEST((status.code == errc::fenced));
+  BOOST_TEST(status.reason.find("1 attempt(s): fenced") != std::string::npos, status.reason);
+  BOOST_TEST(status.reason.find("fence token " + std::to_string(fence_token)) != std::string::npos,
+             status.reason);
+  // No retry was posted: the worker gets only the withdrawal of the other slice.
+  request_free();
+  while (!*replied && sched.prioritize(worker)) {
+    sched.run_once();
+    run_coordinator_side();
+  }
+  BOOST_TEST(*replied);
+  BOOST_TEST(path->held().empty());
+  BOOST_TEST(path->counters().posted == 2u);
+  BOOST_TEST(path->counters().withdrawn == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(every_schedule_resolves_each_task_exactly_once) {
