@@ -1,6 +1,8 @@
 #include "transport/control/client.hpp"
 
+#include <array>
 #include <future>
+#include <utility>
 
 #include <sys/epoll.h>
 
@@ -38,18 +40,28 @@ struct client::peer {
   std::unordered_map<uint64_t, request> pending;
 };
 
-/// Reads replies: one frame each, bounded.
+/// Reads replies: one frame each, bounded. A frame above the limit is not read into memory: its
+/// header is kept (to fail the request it answers) and the rest skipped.
 class client::reply_protocol final : public zmtp::protocol {
 public:
-  explicit reply_protocol(std::function<void(caf::expected<message>)> on_reply)
-    : on_reply_(std::move(on_reply)) {}
+  reply_protocol(size_t max_reply_frame, std::function<void(caf::expected<message>)> on_reply,
+                 std::function<void(uint64_t id, uint64_t size)> on_oversized)
+    : max_reply_frame_(max_reply_frame), on_reply_(std::move(on_reply)),
+      on_oversized_(std::move(on_oversized)) {}
 
   zmtp::violation on_frame(zmtp::connection&, const zmtp::frame_header& h, size_t index,
                            zmtp::body_plan& plan) override {
     if (index > 0 || h.more)
       return zmtp::violation::message_shape;
-    if (h.size > max_reply_frame)
-      return zmtp::violation::frame_size;
+    if (h.size > max_reply_frame_) {
+      // max_reply_frame_ >= header_size (client::start checks it).
+      oversized_ = h.size;
+      plan.how = zmtp::body_plan::mode::scatter;
+      const uint64_t rest = h.size - header_.size();
+      plan.pieces.push_back({zmtp::sink::kind::host, header_.data(), header_.size(), {}, false});
+      plan.pieces.push_back({zmtp::sink::kind::discard, nullptr, rest, {}, false});
+      return zmtp::violation::none;
+    }
     plan.how = zmtp::body_plan::mode::buffer;
     plan.buffer = &buffer_;
     return zmtp::violation::none;
@@ -57,7 +69,11 @@ public:
 
   zmtp::violation on_frame_done(zmtp::connection&, const zmtp::frame_header&, size_t,
                                 zmtp::body_plan&) override {
-    auto m = decode(buffer_);
+    if (oversized_ != 0) {
+      on_oversized_(readable_id(header_), std::exchange(oversized_, 0));
+      return zmtp::violation::none;
+    }
+    auto m = decode(buffer_, max_reply_frame_);
     if (buffer_.capacity() > 4096)
       std::vector<uint8_t>().swap(buffer_);
     if (m && m->what != kind::reply)
@@ -67,14 +83,31 @@ public:
   }
 
 private:
+  size_t max_reply_frame_;
   std::function<void(caf::expected<message>)> on_reply_;
+  std::function<void(uint64_t id, uint64_t size)> on_oversized_;
   std::vector<uint8_t> buffer_;
+  /// The header of a frame being skipped, and its size (0 when none is).
+  std::array<uint8_t, header_size> header_{};
+  uint64_t oversized_ = 0;
 };
 
-client::client(std::string name) : name_(std::move(name)) {}
+client::client(std::string name, client_options options)
+  : name_(std::move(name)), options_(options) {}
 
-caf::expected<std::unique_ptr<client>> client::start(std::string name) {
-  std::unique_ptr<client> c{new client(std::move(name))};
+caf::expected<std::unique_ptr<client>> client::start(std::string name, client_options options) {
+  const size_t smallest_reply = header_size + 2 + max_reason;
+  if (options.max_reply_frame < smallest_reply)
+    return make_error(errc::invalid_argument,
+                      name + ": control client max_reply_frame "
+                        + std::to_string(options.max_reply_frame) + " cannot carry an error reply ("
+                        + std::to_string(smallest_reply) + " bytes)");
+  if (options.max_request_frame < header_size)
+    return make_error(errc::invalid_argument,
+                      name + ": control client max_request_frame "
+                        + std::to_string(options.max_request_frame) + " is smaller than the "
+                        + std::to_string(header_size) + "-byte header");
+  std::unique_ptr<client> c{new client(std::move(name), options)};
   c->epoll_ = zmtp::unique_fd(::epoll_create1(EPOLL_CLOEXEC));
   if (!c->epoll_ || !c->wakeup_)
     return make_error(errc::transport_failure,
@@ -160,6 +193,21 @@ void client::notify(const std::string& host, uint16_t port, std::string from, st
   });
 }
 
+void client::call(const std::string& host, uint16_t port, uint16_t method,
+                  std::vector<uint8_t> payload, std::chrono::milliseconds timeout, call_done done) {
+  message m;
+  m.what = kind::request;
+  m.operation = op::call;
+  m.method = method;
+  m.payload = std::move(payload);
+  submit(host, port, std::move(m), timeout, [done = std::move(done)](caf::expected<message> reply) {
+    if (!reply)
+      done(std::move(reply.error()));
+    else
+      done(std::move(reply->payload));
+  });
+}
+
 caf::expected<memory::segment_descriptor>
 client::describe(const std::string& host, uint16_t port, std::chrono::milliseconds timeout) {
   std::promise<caf::expected<memory::segment_descriptor>> result;
@@ -178,6 +226,16 @@ caf::error client::notify(const std::string& host, uint16_t port, std::string fr
   return future.get();
 }
 
+caf::expected<std::vector<uint8_t>> client::call(const std::string& host, uint16_t port,
+                                                 uint16_t method, std::vector<uint8_t> payload,
+                                                 std::chrono::milliseconds timeout) {
+  std::promise<caf::expected<std::vector<uint8_t>>> result;
+  auto future = result.get_future();
+  call(host, port, method, std::move(payload), timeout,
+       [&result](caf::expected<std::vector<uint8_t>> r) { result.set_value(std::move(r)); });
+  return future.get();
+}
+
 client::peer* client::open_peer(const std::string& host, uint16_t port, caf::error& why) {
   auto key = peer_key(host, port);
   if (auto it = peers_.find(key); it != peers_.end())
@@ -193,7 +251,10 @@ client::peer* client::open_peer(const std::string& host, uint16_t port, caf::err
   auto* raw = p.get();
   p->conn = std::make_unique<zmtp::connection>(
     std::move(*fd), id, "DEALER",
-    std::make_unique<reply_protocol>([this, raw](caf::expected<message> m) { on_reply(*raw, std::move(m)); }));
+    std::make_unique<reply_protocol>(
+      options_.max_reply_frame,
+      [this, raw](caf::expected<message> m) { on_reply(*raw, std::move(m)); },
+      [this, raw](uint64_t id, uint64_t size) { on_oversized_reply(*raw, id, size); }));
   p->interest = EPOLLIN | EPOLLOUT;
   epoll_event ev{};
   ev.events = p->interest;
@@ -209,6 +270,14 @@ client::peer* client::open_peer(const std::string& host, uint16_t port, caf::err
 
 void client::start_request(request r) {
   requests_.fetch_add(1, std::memory_order_relaxed);
+  // Encoded first: a request this client cannot send opens no connection.
+  auto bytes = encode(r.msg, options_.max_request_frame);
+  if (!bytes) {
+    r.done(make_error(code_of(bytes.error()),
+                      "request to " + peer_key(r.host, r.port) + " not sent: "
+                        + context_of(bytes.error())));
+    return;
+  }
   caf::error why;
   auto* p = open_peer(r.host, r.port, why);
   if (p == nullptr) {
@@ -216,15 +285,13 @@ void client::start_request(request r) {
                       "cannot reach " + peer_key(r.host, r.port) + ": " + context_of(why)));
     return;
   }
-  auto bytes = encode(r.msg);
-  if (!bytes) {
-    r.done(std::move(bytes.error()));
-    return;
-  }
   auto out = std::make_unique<zmtp::outbound>();
   out->append_frame_header(bytes->size(), false);
   out->append_owned(*bytes);
   p->conn->send(std::move(out));
+  // Only the id and the op are needed to match the reply.
+  std::vector<uint8_t>().swap(r.msg.payload);
+  std::string().swap(r.msg.text);
   auto id = r.msg.id;
   p->pending.emplace(id, std::move(r));
   drive(*p, EPOLLOUT);
@@ -248,6 +315,21 @@ void client::on_reply(peer& p, caf::expected<message> reply) {
     done(make_error(reply->status, p.key + " answered: " + reply->reason));
   else
     done(std::move(*reply));
+}
+
+void client::on_oversized_reply(peer& p, uint64_t id, uint64_t size) {
+  malformed_.fetch_add(1, std::memory_order_relaxed);
+  auto it = p.pending.find(id);
+  if (it == p.pending.end()) {
+    unmatched_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  auto done = std::move(it->second.done);
+  p.pending.erase(it);
+  done(make_error(errc::malformed_frame,
+                  p.key + " answered with a frame of " + std::to_string(size)
+                    + " bytes, above this client's limit of "
+                    + std::to_string(options_.max_reply_frame)));
 }
 
 void client::update_interest(peer& p) {

@@ -1,10 +1,12 @@
 #pragma once
-/// The control plane's client side: asks other nodes' rpc ports to describe a segment or to take a
-/// notification (control/wire.hpp), over kvferry's ZMTP connections, one persistent connection per
-/// peer (no connection per request). One thread (epoll) serves every peer; each request has a
+/// The control plane's client side: asks other nodes' rpc ports to describe a segment, to take a
+/// notification, or to answer a call (control/wire.hpp), over kvferry's ZMTP connections, one
+/// persistent connection per peer (no connection per request; requests to one peer are pipelined
+/// on it and answered in any order). One thread (epoll) serves every peer; each request has a
 /// deadline and gets exactly one answer: the peer's reply, or an error naming the peer and what
-/// failed (refused, unreachable, timed out, malformed reply). A peer's reply is bounded
-/// (max_reply_frame) and decoded strictly; a peer that breaks the protocol is disconnected.
+/// failed (refused, unreachable, timed out, malformed reply; a peer's error keeps its errc). A
+/// peer's reply is bounded (client_options::max_reply_frame: a larger one is skipped and fails its
+/// request alone) and decoded strictly; a peer that breaks the protocol is disconnected.
 
 #include <atomic>
 #include <chrono>
@@ -35,12 +37,25 @@ struct client_counters {
   uint64_t connects = 0;
 };
 
+struct client_options {
+  /// Largest reply frame accepted (the peers' server_options::max_reply_frame); at least
+  /// header_size + 2 + max_reason, so that an error reply always fits.
+  size_t max_reply_frame = control::max_reply_frame;
+  /// Largest request frame sent (the peers' server_options::max_request_frame): a larger request
+  /// is refused here, before it could make the peer close the connection.
+  size_t max_request_frame = control::max_request_frame;
+};
+
 class client {
 public:
   using describe_done = std::function<void(caf::expected<memory::segment_descriptor>)>;
   using notify_done = std::function<void(caf::error)>;
+  using call_done = std::function<void(caf::expected<std::vector<uint8_t>>)>;
 
-  [[nodiscard]] static caf::expected<std::unique_ptr<client>> start(std::string name);
+  /// Starts the client's thread. Refuses (errc::invalid_argument) frame limits that cannot carry
+  /// an error reply or a request header.
+  [[nodiscard]] static caf::expected<std::unique_ptr<client>> start(std::string name,
+                                                                    client_options options = {});
   ~client();
   client(const client&) = delete;
   client& operator=(const client&) = delete;
@@ -52,11 +67,21 @@ public:
   void notify(const std::string& host, uint16_t port, std::string from, std::string text,
               std::chrono::milliseconds timeout, notify_done done);
 
+  /// Calls `method` at host:port with `payload`; `done` runs once, on the client's thread, with
+  /// the reply's payload or an error (the peer's errc and reason when the peer refused: e.g.
+  /// errc::not_supported when it answers no calls).
+  void call(const std::string& host, uint16_t port, uint16_t method, std::vector<uint8_t> payload,
+            std::chrono::milliseconds timeout, call_done done);
+
   /// Blocking forms (never call them from the client's own callbacks).
   [[nodiscard]] caf::expected<memory::segment_descriptor>
   describe(const std::string& host, uint16_t port, std::chrono::milliseconds timeout);
   [[nodiscard]] caf::error notify(const std::string& host, uint16_t port, std::string from,
                                   std::string text, std::chrono::milliseconds timeout);
+  [[nodiscard]] caf::expected<std::vector<uint8_t>> call(const std::string& host, uint16_t port,
+                                                         uint16_t method,
+                                                         std::vector<uint8_t> payload,
+                                                         std::chrono::milliseconds timeout);
 
   [[nodiscard]] client_counters counters() const noexcept;
 
@@ -68,7 +93,7 @@ private:
   struct peer;
   class reply_protocol;
 
-  explicit client(std::string name);
+  client(std::string name, client_options options);
   void submit(std::string host, uint16_t port, message m, std::chrono::milliseconds timeout,
               std::function<void(caf::expected<message>)> done);
   void run();
@@ -77,10 +102,12 @@ private:
   void drive(peer& p, uint32_t events);
   void close_peer(const std::string& key, const caf::error& why);
   void on_reply(peer& p, caf::expected<message> reply);
+  void on_oversized_reply(peer& p, uint64_t id, uint64_t size);
   void expire(std::chrono::steady_clock::time_point now);
   void update_interest(peer& p);
 
   std::string name_;
+  client_options options_;
   zmtp::unique_fd epoll_;
   zmtp::doorbell wakeup_;
   std::atomic<bool> stopping_{false};

@@ -1,92 +1,12 @@
 #include "transport/control/wire.hpp"
 
-#include <cstring>
+#include <string_view>
+
+#include "transport/bytes_io.hpp"
 
 namespace kvferry::transport::control {
 
 namespace {
-
-class writer {
-public:
-  void u8(uint8_t v) { out_.push_back(v); }
-  void u16(uint16_t v) { raw(&v, 2); }
-  void u32(uint32_t v) { raw(&v, 4); }
-  void u64(uint64_t v) { raw(&v, 8); }
-  void raw(const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    out_.insert(out_.end(), b, b + n);
-  }
-  void str8(const std::string& s) {
-    u8(static_cast<uint8_t>(s.size()));
-    raw(s.data(), s.size());
-  }
-  void str16(const std::string& s) {
-    u16(static_cast<uint16_t>(s.size()));
-    raw(s.data(), s.size());
-  }
-  void str32(const std::string& s) {
-    u32(static_cast<uint32_t>(s.size()));
-    raw(s.data(), s.size());
-  }
-  std::vector<uint8_t>& bytes() { return out_; }
-
-private:
-  std::vector<uint8_t> out_;
-};
-
-class reader {
-public:
-  explicit reader(std::span<const uint8_t> in) : in_(in) {}
-  [[nodiscard]] bool ok() const noexcept { return problem_.empty(); }
-  [[nodiscard]] const std::string& problem() const noexcept { return problem_; }
-  [[nodiscard]] size_t left() const noexcept { return in_.size() - at_; }
-
-  template <class T>
-  T num(const char* what) {
-    T v{};
-    if (!need(sizeof(T), what))
-      return v;
-    std::memcpy(&v, in_.data() + at_, sizeof(T));
-    at_ += sizeof(T);
-    return v;
-  }
-  std::string str(size_t length_bytes, size_t limit, const char* what, bool allow_empty = false) {
-    uint64_t n = length_bytes == 1   ? num<uint8_t>(what)
-                 : length_bytes == 2 ? num<uint16_t>(what)
-                                     : num<uint32_t>(what);
-    if (!ok())
-      return {};
-    if (n > limit || (n == 0 && !allow_empty)) {
-      fail(std::string(what) + " has length " + std::to_string(n) + "; expected "
-           + (allow_empty ? "0" : "1") + " to " + std::to_string(limit));
-      return {};
-    }
-    if (!need(n, what))
-      return {};
-    std::string s(reinterpret_cast<const char*>(in_.data() + at_), n);
-    at_ += n;
-    return s;
-  }
-  void fail(std::string why) {
-    if (problem_.empty())
-      problem_ = std::move(why) + " (at byte " + std::to_string(at_) + ")";
-  }
-
-private:
-  bool need(uint64_t n, const char* what) {
-    if (!ok())
-      return false;
-    if (n > left()) {
-      fail(std::string(what) + " runs past the end of the frame");
-      return false;
-    }
-    return true;
-  }
-
-  std::span<const uint8_t> in_;
-  size_t at_ = 0;
-  std::string problem_;
-};
 
 caf::error too_long(const char* what, size_t n, size_t limit) {
   return make_error(errc::invalid_argument, std::string("control message: ") + what + " of "
@@ -94,16 +14,20 @@ caf::error too_long(const char* what, size_t n, size_t limit) {
                                               + std::to_string(limit));
 }
 
-} // namespace
+caf::error empty_field(const char* what) {
+  return make_error(errc::invalid_argument, std::string("control message: ") + what
+                                              + " is empty; expected 1 or more bytes");
+}
 
-caf::expected<std::vector<uint8_t>> encode(const message& m) {
-  writer body;
+/// Writes the body of `m` (after the header); an error when a field exceeds its limit.
+caf::error encode_body(const message& m, size_t max_frame, byte_writer& body) {
   if (m.what == kind::reply && m.status != errc::none) {
-    auto reason = m.reason.substr(0, max_reason);
-    body.str16(reason);
+    body.str16(std::string_view(m.reason).substr(0, max_reason));
   } else if (m.what == kind::reply && m.operation == op::describe) {
     const auto& d = m.descriptor;
-    if (d.name.empty() || d.name.size() > max_name)
+    if (d.name.empty())
+      return empty_field("segment name");
+    if (d.name.size() > max_name)
       return too_long("segment name", d.name.size(), max_name);
     if (d.endpoints.size() > max_endpoints)
       return too_long("endpoint list", d.endpoints.size(), max_endpoints);
@@ -128,14 +52,32 @@ caf::expected<std::vector<uint8_t>> encode(const message& m) {
       body.u32(r.remote_key);
     }
   } else if (m.what == kind::request && m.operation == op::notify) {
-    if (m.from.empty() || m.from.size() > max_name)
+    if (m.from.empty())
+      return empty_field("notification sender");
+    if (m.from.size() > max_name)
       return too_long("notification sender", m.from.size(), max_name);
     if (m.text.size() > max_message)
       return too_long("notification", m.text.size(), max_message);
     body.str16(m.from);
     body.str32(m.text);
+  } else if (m.operation == op::call) {
+    const auto limit = max_call_payload(m.what, max_frame);
+    if (m.payload.size() > limit)
+      return make_error(errc::invalid_argument,
+                        "control message: call payload of " + std::to_string(m.payload.size())
+                          + " bytes exceeds the limit of " + std::to_string(limit)
+                          + " (frames of at most " + std::to_string(max_frame) + " bytes)");
+    if (m.what == kind::request)
+      body.u16(m.method);
+    body.blob32(m.payload);
   }
-  writer out;
+  return {};
+}
+
+} // namespace
+
+caf::expected<std::vector<uint8_t>> encode(const message& m, size_t max_frame) {
+  byte_writer out(header_size + (m.operation == op::call ? 6 + m.payload.size() : 0));
   out.u32(magic);
   out.u16(version);
   out.u8(static_cast<uint8_t>(m.what));
@@ -145,32 +87,51 @@ caf::expected<std::vector<uint8_t>> encode(const message& m) {
   out.u8(0);
   out.u8(0);
   out.u8(0);
-  out.u32(static_cast<uint32_t>(body.bytes().size()));
-  auto& bytes = out.bytes();
-  bytes.insert(bytes.end(), body.bytes().begin(), body.bytes().end());
-  return std::move(bytes);
+  const size_t length_at = out.size();
+  out.u32(0); // body length, known once the body is written
+  if (auto err = encode_body(m, max_frame, out))
+    return err;
+  if (out.size() > max_frame)
+    return too_long("frame", out.size(), max_frame);
+  out.patch_u32(length_at, static_cast<uint32_t>(out.size() - header_size));
+  return std::move(out.bytes());
 }
 
 uint64_t readable_id(std::span<const uint8_t> frame) noexcept {
   if (frame.size() < header_size)
     return 0;
-  uint32_t m;
-  std::memcpy(&m, frame.data(), 4);
-  if (m != magic)
+  byte_reader in(frame);
+  if (in.num<uint32_t>("magic") != magic)
     return 0;
-  uint64_t id;
-  std::memcpy(&id, frame.data() + 8, 8);
-  return id;
+  in.num<uint16_t>("version");
+  in.num<uint8_t>("kind");
+  in.num<uint8_t>("op");
+  return in.num<uint64_t>("id");
 }
 
-caf::expected<message> decode(std::span<const uint8_t> frame) {
-  reader in(frame);
+op readable_op(std::span<const uint8_t> frame) noexcept {
+  if (frame.size() < header_size)
+    return op::describe;
+  byte_reader in(frame);
+  if (in.num<uint32_t>("magic") != magic)
+    return op::describe;
+  in.num<uint16_t>("version");
+  in.num<uint8_t>("kind");
+  const auto o = in.num<uint8_t>("op");
+  return o >= 1 && o <= 3 ? static_cast<op>(o) : op::describe;
+}
+
+caf::expected<message> decode(std::span<const uint8_t> frame, size_t max_frame) {
+  byte_reader in(frame);
   auto bad = [&](std::string why) {
     return make_error(errc::malformed_frame, "control message: " + why);
   };
   if (frame.size() < header_size)
     return bad("frame of " + std::to_string(frame.size()) + " bytes is shorter than the "
                + std::to_string(header_size) + "-byte header");
+  if (frame.size() > max_frame)
+    return bad("frame of " + std::to_string(frame.size()) + " bytes exceeds the limit of "
+               + std::to_string(max_frame));
   message m;
   if (in.num<uint32_t>("magic") != magic)
     return bad("wrong magic (not a kvferry control message)");
@@ -181,8 +142,8 @@ caf::expected<message> decode(std::span<const uint8_t> frame) {
   auto o = in.num<uint8_t>("op");
   if (k > 1)
     return bad("kind " + std::to_string(k) + " is neither request (0) nor reply (1)");
-  if (o < 1 || o > 2)
-    return bad("op " + std::to_string(o) + " is neither describe (1) nor notify (2)");
+  if (o < 1 || o > 3)
+    return bad("op " + std::to_string(o) + " is not describe (1), notify (2) or call (3)");
   m.what = static_cast<kind>(k);
   m.operation = static_cast<op>(o);
   m.id = in.num<uint64_t>("id");
@@ -203,24 +164,16 @@ caf::expected<message> decode(std::span<const uint8_t> frame) {
     auto& d = m.descriptor;
     d.name = in.str(2, max_name, "segment name");
     d.incarnation = in.num<uint64_t>("incarnation");
-    auto endpoints = in.num<uint16_t>("endpoint count");
-    if (in.ok() && endpoints > max_endpoints)
-      in.fail("endpoint count " + std::to_string(endpoints) + " exceeds "
-              + std::to_string(max_endpoints));
+    // Each endpoint takes at least 5 bytes, each region at least 22: a count the frame cannot
+    // hold is refused before anything is reserved for it.
+    auto endpoints = in.count(2, max_endpoints, 5, "endpoint count");
     for (size_t i = 0; in.ok() && i < endpoints; ++i) {
       memory::transport_endpoint ep;
       ep.kind = in.str(1, 32, "endpoint kind");
       ep.address = in.str(2, max_name, "endpoint address");
       d.endpoints.push_back(std::move(ep));
     }
-    auto regions = in.num<uint32_t>("region count");
-    if (in.ok() && regions > max_regions)
-      in.fail("region count " + std::to_string(regions) + " exceeds "
-              + std::to_string(max_regions));
-    // Each region takes at least 22 bytes: a count the frame cannot hold is refused before
-    // anything is reserved for it.
-    if (in.ok() && uint64_t{regions} * 22 > in.left())
-      in.fail("region count " + std::to_string(regions) + " does not fit in the frame");
+    auto regions = in.count(4, max_regions, 22, "region count");
     if (in.ok())
       d.regions.reserve(regions);
     for (size_t i = 0; in.ok() && i < regions; ++i) {
@@ -234,6 +187,10 @@ caf::expected<message> decode(std::span<const uint8_t> frame) {
   } else if (m.what == kind::request && m.operation == op::notify) {
     m.from = in.str(2, max_name, "notification sender");
     m.text = in.str(4, max_message, "notification", true);
+  } else if (m.operation == op::call) {
+    if (m.what == kind::request)
+      m.method = in.num<uint16_t>("call method");
+    m.payload = in.blob(4, max_call_payload(m.what, max_frame), "call payload");
   }
   if (!in.ok())
     return bad(in.problem());
