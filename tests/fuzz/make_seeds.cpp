@@ -14,6 +14,7 @@
 
 #include "tests/fuzz/data_plane_layout.hpp"
 #include "transport/control/wire.hpp"
+#include "transport/store/wire.hpp"
 #include "transport/tcp/wire.hpp"
 #include "transport/zmtp/codec.hpp"
 
@@ -21,6 +22,7 @@ namespace fs = std::filesystem;
 namespace zmtp = kvferry::transport::zmtp;
 namespace wire = kvferry::transport::wire;
 namespace control = kvferry::transport::control;
+namespace store = kvferry::transport::store;
 namespace layout = kvferry::fuzz;
 
 namespace {
@@ -148,6 +150,75 @@ void control_wire_seeds() {
   refused.status = kvferry::errc::unknown_segment;
   refused.reason = "no such segment";
   control_seed("error_reply", refused);
+
+  control::message call;
+  call.operation = control::op::call;
+  call.id = 13;
+  call.method = 4;
+  call.payload = {1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 'k'};
+  control_seed("call_request", call);
+
+  control::message called;
+  called.what = control::kind::reply;
+  called.operation = control::op::call;
+  called.id = 13;
+  called.payload = {1, 0, 0, 0, 0, 0};
+  control_seed("call_reply", called);
+
+  control::message call_refused = called;
+  call_refused.payload.clear();
+  call_refused.status = kvferry::errc::not_mounted;
+  call_refused.reason = "client 42 is not mounted";
+  control_seed("call_error_reply", call_refused);
+}
+
+template <class T>
+void store_seed(const std::string& name, const T& m) {
+  auto encoded = store::encode(m);
+  if (!encoded) {
+    std::fprintf(stderr, "make_seeds: cannot encode store seed %s: %s\n", name.c_str(),
+                 kvferry::describe(encoded.error()).c_str());
+    ++failures;
+    return;
+  }
+  put("store_wire", name, *encoded);
+}
+
+void store_wire_seeds() {
+  const store::replica r0{"node-a:12345", "host-a", layout::host_base, 11};
+  const store::replica r1{"node-b:12345", "host-b", layout::host_base + 4096, 12};
+
+  store::mount_request mount{42, "decode-0", "host-a", 10, {}};
+  mount.segments.push_back({"node-a:12345", layout::host_base, layout::host_length,
+                            {{"k1", layout::host_base, 4096, 11, true, 0xabcd, false},
+                             {"k2", layout::host_base + 4096, 100, 12, false, 0, true}}});
+  store_seed("mount_request", mount);
+  store_seed("mount_reply", store::mount_reply{7, 30000, 5000, {{"node-a:12345", layout::host_base, 4096}}});
+  store_seed("unmount_request", store::unmount_request{42});
+  store_seed("watch_request", store::watch_request{42, {1, 2}});
+  store::watch_reply work;
+  work.work.push_back({1, store::instruction_kind::commit, "node-a:12345", layout::host_base, 4096,
+                       11, "k1", true, 0xabcd, false});
+  work.work.push_back({2, store::instruction_kind::fence, "node-a:12345", layout::host_base, 8192,
+                       12, "", false, 0, false});
+  store_seed("watch_reply", work);
+  store_seed("put_start_request",
+             store::put_start_request{42, {{"k1", 4096, 2, false, false}, {"k2", 100, 1, true, true}}});
+  store::put_start_reply slots;
+  slots.slots.push_back({{}, 5, {r0, r1}});
+  slots.slots.push_back({{kvferry::errc::store_full, "full"}, 0, {}});
+  store_seed("put_start_reply", slots);
+  store_seed("put_finish_request",
+             store::put_finish_request{42, {{"k1", 5, true, 0xabcd}, {"k2", 6, false, 0}}});
+  store_seed("keys_request", store::keys_request{42, {"k1", "k2"}, true});
+  store_seed("statuses_reply",
+             store::statuses_reply{{{}, {kvferry::errc::object_not_found, "no object 'k2'"}}});
+  store::get_replicas_reply located;
+  located.objects.push_back({{}, 4096, true, 0xabcd, 2000, {r0, r1}});
+  located.objects.push_back({{kvferry::errc::object_has_lease, "leased"}, 0, false, 0, 0, {}});
+  store_seed("get_replicas_reply", located);
+  store_seed("stats_request", store::stats_request{42});
+  store_seed("stats_reply", store::stats_reply{R"({"objects": 2})"});
 }
 
 /// A data_plane input in raw mode: the config byte, then the stream after the handshake the
@@ -220,6 +291,7 @@ int main(int argc, char** argv) {
   zmtp_codec_seeds();
   tcp_wire_seeds();
   control_wire_seeds();
+  store_wire_seeds();
   data_plane_seeds();
   return failures == 0 ? 0 : 1;
 }
