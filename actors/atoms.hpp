@@ -21,5 +21,7 @@ using unregister_atom = caf::atom_constant<caf::atom("unregister")>;
 using describe_atom = caf::atom_constant<caf::atom("describe")>;
 using notify_atom = caf::atom_constant<caf::atom("notify")>;
 using drain_atom = caf::atom_constant<caf::atom("drain")>;
+using call_atom = caf::atom_constant<caf::atom("call")>;
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
 
 } // namespace kvferry

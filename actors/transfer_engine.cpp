@@ -223,7 +223,7 @@ caf::error transfer_engine::start() {
     workers_.push_back(worker);
     caf::anon_send(coordinator_, attach_atom::value, worker, kind);
   }
-  for (const auto& line : config::unused_fields(settings_))
+  for (const auto& line : config::unused_fields(settings_, options_.store_client))
     log::warn("{}", line);
   log::debug("engine '{}' started with {} worker(s)", name_, workers_.size());
   return {};

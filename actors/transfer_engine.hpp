@@ -88,6 +88,9 @@ struct submit_options {
 struct engine_options {
   /// This engine's segment name; empty means "local_hostname:rpc_port" from the settings.
   std::string segment_name;
+  /// The engine belongs to a store client (which uses master_server_address and
+  /// local_buffer_size): those fields are not reported as unused.
+  bool store_client = false;
   /// Reject remote ranges outside the target's descriptor at submit (errc::out_of_range). With
   /// false they go to the target, which refuses them and the tasks end FAILED; benchmarks use this
   /// to probe a segment's edges.

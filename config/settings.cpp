@@ -176,6 +176,8 @@ std::optional<ms_field> millisecond_field(std::string_view key, settings& out) {
     return ms_field{&out.withdraw_timeout, 1, day};
   if (key == "handshake_timeout_ms")
     return ms_field{&out.handshake_timeout, 1, day};
+  if (key == "store_deadline_ms")
+    return ms_field{&out.store_deadline, 1, day};
   return std::nullopt;
 }
 
@@ -258,7 +260,7 @@ caf::error parse_kvferry_object(std::string_view source, const json::object& obj
 
 } // namespace
 
-std::vector<std::string> unused_fields(const settings& s) {
+std::vector<std::string> unused_fields(const settings& s, bool store_client) {
   std::vector<std::string> out;
   auto source = s.source;
   if (!s.device_names.empty() && s.transport != protocol::rdma)
@@ -266,12 +268,12 @@ std::vector<std::string> unused_fields(const settings& s) {
                            "not used");
   if (!s.device_names.empty() && s.transport == protocol::rdma)
     out.push_back(source + ": device_name is parsed, but this version has no RDMA data path");
-  if (!s.master_server_address.empty())
-    out.push_back(source + ": master_server_address is parsed, but this version has no store "
+  if (!store_client && !s.master_server_address.empty())
+    out.push_back(source + ": master_server_address is set, but this program is not a store "
                            "client: it is not used");
-  if (s.local_buffer_size != settings{}.local_buffer_size)
-    out.push_back(source + ": local_buffer_size is parsed, but this version has no store client "
-                           "staging buffer: it is not used");
+  if (!store_client && s.local_buffer_size != settings{}.local_buffer_size)
+    out.push_back(source + ": local_buffer_size is set, but this program is not a store "
+                           "client (no staging buffer): it is not used");
   return out;
 }
 

@@ -20,7 +20,8 @@
 ///     "rpc_port": 0, "data_port": 0, "log_level": "info",
 ///     "max_connections": 1024, "max_connections_per_host": 1024, "handshake_timeout_ms": 10000,
 ///     "peer_max_queued_messages": 256, "peer_max_queued_bytes": "64MiB",
-///     "reply_budget": "256MiB", "notify_inbox_messages": 4096, "notify_inbox_bytes": "16MiB"
+///     "reply_budget": "256MiB", "notify_inbox_messages": 4096, "notify_inbox_bytes": "16MiB",
+///     "store_deadline_ms": 10000
 ///   }
 /// }
 /// Size strings: a decimal number with an optional unit B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB,
@@ -123,6 +124,11 @@ struct settings {
   uint32_t notify_inbox_messages = 4096;
   uint64_t notify_inbox_bytes = 16ULL << 20;
 
+  // -- Store clients ---------------------------------------------------------------------------
+  /// Every store call (put, get, remove, exists and their batch forms) returns within this time:
+  /// its result, or an error naming what did not answer.
+  std::chrono::milliseconds store_deadline{10000};
+
   /// Fields the parser did not know, each as a ready-to-log warning.
   std::vector<std::string> warnings;
 };
@@ -147,9 +153,10 @@ struct settings {
 [[nodiscard]] caf::expected<metadata_server> parse_metadata_server(std::string_view text,
                                                                    std::string_view what);
 
-/// Fields that were set but that this version does not use yet (device_name without RDMA,
-/// master_server_address without a store, local_buffer_size), each as a ready-to-log sentence.
-[[nodiscard]] std::vector<std::string> unused_fields(const settings& s);
+/// Fields that were set but that this program does not use (device_name without RDMA;
+/// master_server_address and local_buffer_size outside a store client), each as a ready-to-log
+/// sentence.
+[[nodiscard]] std::vector<std::string> unused_fields(const settings& s, bool store_client = false);
 
 [[nodiscard]] const char* to_string(protocol p) noexcept;
 [[nodiscard]] const char* to_string(metadata_kind k) noexcept;
