@@ -77,4 +77,78 @@ inline constexpr uint64_t bench_target_seed = 0x7461726765740001ULL;
 
 int run_bench(config::settings settings, const bench_options& options);
 
+/// Flags of `kvferry master` (the store's master).
+struct master_options {
+  /// Address to listen on.
+  std::string host = "0.0.0.0";
+  /// 0: the port of master_server_address, else 50051.
+  uint16_t port = 0;
+  uint64_t lease_ms = 10000;
+  uint64_t ttl_ms = 10000;
+  uint64_t watch_ms = 1000;
+  uint64_t put_timeout_ms = 30000;
+  uint64_t commit_timeout_ms = 5000;
+  double high_watermark = 0.9;
+  double evict_ratio = 0.05;
+};
+
+/// The store master: serves clients until SIGINT or SIGTERM.
+int run_master(const config::settings& settings, const master_options& options);
+
+/// A store client that only contributes its segment (global_segment_size) to the store and
+/// holds replicas, until SIGINT or SIGTERM.
+int run_store_node(const config::settings& settings);
+
+/// Flags of `kvferry store-bench` (a store client measuring put and get against a running master
+/// and store nodes), named in the style of `kvferry bench`.
+struct store_bench_options {
+  /// put, get or both (put first, then get, for every value size).
+  std::string operation = "both";
+  /// One size or a comma-separated list ("4KiB,64KiB,1MiB,4MiB").
+  std::string value_size = "4KiB,64KiB,1MiB,4MiB";
+  /// Objects per call (batch_put_from / batch_get_into).
+  uint32_t batch_size = 128;
+  uint32_t threads = 1;
+  /// Seconds of each measured phase (per operation and value size).
+  double duration = 5;
+  /// Replicas of each object the put phase writes.
+  uint32_t replica_num = 1;
+  /// Objects each thread reads over and over in the get phase; 0: as many as fit in a third of
+  /// the store's capacity (at most 4096 per thread).
+  uint64_t get_keys = 0;
+  /// Memory this process contributes to the store (the configuration's global_segment_size is
+  /// for store nodes; the bench contributes none unless asked).
+  std::string segment_size = "0";
+  /// Go through the staging buffer (put/get of unregistered memory) instead of put_from/get_into.
+  bool staging = false;
+  bool verify = false;
+  bool json = false;
+  /// Deadline of each call (0: store_deadline_ms).
+  uint64_t timeout_ms = 0;
+  /// Prefix of every key (default: "store-bench/" and a random run id).
+  std::string key_prefix;
+};
+
+int run_store_bench(config::settings settings, const store_bench_options& options);
+
+/// Flags of `kvferry trace-replay` (replays a request trace through the store as prefill/decode
+/// would).
+struct trace_replay_options {
+  std::string file;
+  /// Bytes of the KV cache of one trace block (512 tokens).
+  std::string block_size = "16KiB";
+  /// Replay only the first N requests (0: all).
+  uint64_t requests = 0;
+  uint32_t replica_num = 1;
+  std::string segment_size = "0";
+  /// Seconds between progress lines (0: none).
+  double progress = 1;
+  bool verify = false;
+  bool json = false;
+  uint64_t timeout_ms = 0;
+  std::string key_prefix;
+};
+
+int run_trace_replay(config::settings settings, const trace_replay_options& options);
+
 } // namespace kvferry::tools

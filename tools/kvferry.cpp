@@ -1,4 +1,5 @@
-// The kvferry command: `kvferry demo`, `kvferry node`, `kvferry bench`, `kvferry --help`.
+// The kvferry command: `kvferry demo`, `kvferry node`, `kvferry bench`, `kvferry master`,
+// `kvferry --help`.
 #include <cstdio>
 
 #include <malloc.h>
@@ -117,12 +118,105 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--target_offset", bench.target_offset,
                         "added to every remote offset (never clamped), to probe a segment's edges");
 
+  kvferry::tools::master_options master;
+  auto* master_cmd = app.add_subcommand(
+    "master", "run the store's master (objects, allocation, leases, eviction) until SIGTERM");
+  std::string master_config_path;
+  add_config_option(*master_cmd, master_config_path);
+  master_cmd->add_option("--host", master.host, "address to listen on (default 0.0.0.0)");
+  master_cmd->add_option("--port", master.port,
+                         "port (default: the port of master_server_address, else 50051)");
+  master_cmd->add_option("--lease-ms", master.lease_ms, "lease a get holds on an object")
+    ->check(CLI::Range(uint64_t{1}, uint64_t{3600000}));
+  master_cmd->add_option("--ttl-ms", master.ttl_ms, "a client silent this long is declared dead")
+    ->check(CLI::Range(uint64_t{10}, uint64_t{3600000}));
+  master_cmd->add_option("--watch-ms", master.watch_ms, "heartbeat period clients are given")
+    ->check(CLI::Range(uint64_t{5}, uint64_t{3600000}));
+  master_cmd->add_option("--put-timeout-ms", master.put_timeout_ms,
+                         "an unfinished put is revoked after this")
+    ->check(CLI::Range(uint64_t{1}, uint64_t{3600000}));
+  master_cmd->add_option("--commit-timeout-ms", master.commit_timeout_ms,
+                         "put_end waits this long for the replicas' holders")
+    ->check(CLI::Range(uint64_t{1}, uint64_t{3600000}));
+  master_cmd->add_option("--high-watermark", master.high_watermark,
+                         "evict above this fraction of the capacity in use")
+    ->check(CLI::Range(0.01, 1.0));
+  master_cmd->add_option("--evict-ratio", master.evict_ratio,
+                         "evict down to high-watermark minus this fraction")
+    ->check(CLI::Range(0.0, 1.0));
+
+  auto* store_node_cmd = app.add_subcommand(
+    "store-node", "contribute global_segment_size bytes to the store at master_server_address "
+                  "and hold replicas until SIGTERM");
+  std::string store_node_config_path;
+  add_config_option(*store_node_cmd, store_node_config_path);
+
+  kvferry::tools::store_bench_options store_bench;
+  auto* store_bench_cmd = app.add_subcommand(
+    "store-bench", "store put/get throughput and per-call latency against a running master and "
+                   "store nodes (zero copy: put_from/get_into of registered memory)");
+  std::string store_bench_config_path;
+  add_config_option(*store_bench_cmd, store_bench_config_path);
+  store_bench_cmd->add_option("--operation", store_bench.operation, "put, get or both")
+    ->check(CLI::IsMember({"put", "get", "both"}));
+  store_bench_cmd->add_option("--value_size", store_bench.value_size,
+                              "value size, or a comma-separated list (4KiB,1MiB)");
+  store_bench_cmd->add_option("--batch_size", store_bench.batch_size, "objects per call")
+    ->check(CLI::Range(1u, 4096u));
+  store_bench_cmd->add_option("--threads", store_bench.threads, "calling threads (one client)")
+    ->check(CLI::Range(1u, 1024u));
+  store_bench_cmd->add_option("--duration", store_bench.duration,
+                              "seconds of each phase (per operation and value size)")
+    ->check(CLI::Range(0.001, 1e6));
+  store_bench_cmd->add_option("--replica_num", store_bench.replica_num, "replicas per put")
+    ->check(CLI::Range(1u, 8u));
+  store_bench_cmd->add_option("--get_keys", store_bench.get_keys,
+                              "objects per thread the get phase reads in turn (0: a third of "
+                              "the capacity, at most 4096)");
+  store_bench_cmd->add_option("--segment_size", store_bench.segment_size,
+                              "memory this process contributes to the store (default 0)");
+  store_bench_cmd->add_flag("--staging", store_bench.staging,
+                            "copy values through the staging buffer (put/get) instead");
+  store_bench_cmd->add_flag("--verify", store_bench.verify,
+                            "a pattern per key in every value, checked on every get");
+  store_bench_cmd->add_flag("--json", store_bench.json, "also print a JSON line per phase");
+  store_bench_cmd->add_option("--timeout_ms", store_bench.timeout_ms,
+                              "deadline of each call (default: store_deadline_ms)");
+  store_bench_cmd->add_option("--key_prefix", store_bench.key_prefix,
+                              "prefix of every key (default: a random run id)");
+
+  kvferry::tools::trace_replay_options replay;
+  auto* replay_cmd = app.add_subcommand(
+    "trace-replay", "replay a request trace (jsonl, hash_ids) through the store as prefill "
+                    "would: get the longest cached prefix, put the rest; hit rate vs an "
+                    "infinite cache");
+  std::string replay_config_path;
+  add_config_option(*replay_cmd, replay_config_path);
+  replay_cmd->add_option("file", replay.file, "the trace (../shared/data/*.jsonl)")->required();
+  replay_cmd->add_option("--block_size", replay.block_size,
+                         "bytes of one trace block (512 tokens of KV cache)");
+  replay_cmd->add_option("--requests", replay.requests, "replay the first N requests (0: all)");
+  replay_cmd->add_option("--replica_num", replay.replica_num, "replicas per put")
+    ->check(CLI::Range(1u, 8u));
+  replay_cmd->add_option("--segment_size", replay.segment_size,
+                         "memory this process contributes to the store (default 0)");
+  replay_cmd->add_option("--progress", replay.progress, "seconds between progress lines (0: none)")
+    ->check(CLI::Range(0.0, 1e6));
+  replay_cmd->add_flag("--verify", replay.verify, "a pattern per block, checked on every get");
+  replay_cmd->add_flag("--json", replay.json, "also print a JSON summary line");
+  replay_cmd->add_option("--timeout_ms", replay.timeout_ms,
+                         "deadline of each call (default: store_deadline_ms)");
+  replay_cmd->add_option("--key_prefix", replay.key_prefix,
+                         "prefix of every key (default: a random run id)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  for (const auto* after : {&demo_config_path, &node_config_path, &bench_config_path}) {
+  for (const auto* after :
+       {&demo_config_path, &node_config_path, &bench_config_path, &master_config_path,
+        &store_node_config_path, &store_bench_config_path, &replay_config_path}) {
     if (after->empty())
       continue;
     if (!config_path.empty()) {
@@ -134,7 +228,7 @@ int main(int argc, char** argv) {
   }
   // Long-running commands stop on SIGINT/SIGTERM; block them before any thread starts so the
   // main thread alone receives them.
-  if (*node_cmd || (*bench_cmd && bench.mode == "target"))
+  if (*node_cmd || *master_cmd || *store_node_cmd || (*bench_cmd && bench.mode == "target"))
     kvferry::tools::block_stop_signals();
   auto settings = load_settings(config_path);
   if (!settings)
@@ -147,5 +241,13 @@ int main(int argc, char** argv) {
     return kvferry::tools::run_node(*settings, node);
   if (*bench_cmd)
     return kvferry::tools::run_bench(*settings, bench);
+  if (*master_cmd)
+    return kvferry::tools::run_master(*settings, master);
+  if (*store_node_cmd)
+    return kvferry::tools::run_store_node(*settings);
+  if (*store_bench_cmd)
+    return kvferry::tools::run_store_bench(*settings, store_bench);
+  if (*replay_cmd)
+    return kvferry::tools::run_trace_replay(*settings, replay);
   return 2;
 }
