@@ -102,7 +102,8 @@ caf::result<bytes> handle(self_pointer self, uint16_t method, const bytes& paylo
   namespace w = transport::store;
   auto& st = self->state;
   auto& store = *st.store;
-  const auto now = clock::now();
+  // The actor system's clock: virtual time under CAF's test coordinator.
+  const auto now = self->clock().now();
   switch (static_cast<w::method>(method)) {
     case w::method::mount: {
       auto r = w::decode_mount_request(payload);
@@ -220,12 +221,12 @@ master_actor::behavior_type master_behavior(self_pointer self, master_options op
   return {
     [self](call_atom, uint16_t method, const bytes& payload) -> caf::result<bytes> {
       auto result = handle(self, method, payload);
-      flush(self, clock::now());
+      flush(self, self->clock().now());
       return result;
     },
     [self](tick_atom) {
       auto& st = self->state;
-      const auto now = clock::now();
+      const auto now = self->clock().now();
       st.store->tick(now);
       flush(self, now);
       std::vector<uint64_t> idle;
