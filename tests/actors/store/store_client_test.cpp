@@ -2,6 +2,8 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -214,4 +216,106 @@ BOOST_AUTO_TEST_CASE(bad_input_gets_clear_errors_and_the_master_keeps_serving) {
   BOOST_REQUIRE(!a.put("after", one));
   auto after = a.get("after");
   BOOST_REQUIRE(after && *after == one);
+}
+
+namespace {
+
+/// A value that carries its own check: seed and size up front, the seed's pattern after.
+std::vector<uint8_t> self_checking_value(uint64_t seed, size_t size) {
+  std::vector<uint8_t> v(std::max<size_t>(size, 16));
+  std::memcpy(v.data(), &seed, 8);
+  uint64_t n = v.size();
+  std::memcpy(v.data() + 8, &n, 8);
+  tools::fill_pattern(v.data() + 16, v.size() - 16, seed, 16);
+  return v;
+}
+
+bool intact(const std::vector<uint8_t>& v) {
+  if (v.size() < 16)
+    return false;
+  uint64_t seed, n;
+  std::memcpy(&seed, v.data(), 8);
+  std::memcpy(&n, v.data() + 8, 8);
+  return n == v.size() && tools::check_pattern(v.data() + 16, v.size() - 16, seed, 16) == v.size() - 16;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(random_operations_from_many_threads_never_return_broken_data) {
+  cluster c(3, 32 * MiB);
+  constexpr int threads_per_client = 2, ops = 250, keys = 24;
+  std::atomic<int> unexpected{0}, broken{0}, got{0};
+  std::mutex log_mutex;
+  std::vector<std::string> problems;
+  auto note = [&](std::string what) {
+    std::lock_guard<std::mutex> guard(log_mutex);
+    if (problems.size() < 20)
+      problems.push_back(std::move(what));
+  };
+  auto worker = [&](store::client& cl, uint64_t seed) {
+    uint64_t state = seed;
+    auto next = [&] { return state = tools::mix(state); };
+    for (int i = 0; i < ops; ++i) {
+      const std::string key = "stress/" + std::to_string(next() % keys);
+      const auto op = next() % 6;
+      if (op <= 1) {
+        store::put_options po;
+        po.upsert = op == 1;
+        po.replicas = static_cast<uint8_t>(1 + next() % 2);
+        po.checksum = next() % 2 == 0;
+        auto value = self_checking_value(next(), 16 + next() % (64 << 10));
+        auto err = cl.put(key, value, po);
+        if (err && code_of(err) != errc::object_exists) {
+          ++unexpected;
+          note("put " + key + ": " + describe(err));
+        }
+      } else if (op <= 3) {
+        auto v = cl.get(key);
+        if (v) {
+          ++got;
+          if (!intact(*v)) {
+            ++broken;
+            note("get " + key + ": bytes broken");
+          }
+        } else if (code_of(v.error()) != errc::object_not_found) {
+          ++unexpected;
+          note("get " + key + ": " + describe(v.error()));
+        }
+      } else if (op == 4) {
+        auto err = cl.remove(key, next() % 2 == 0);
+        if (err && code_of(err) != errc::object_not_found && code_of(err) != errc::object_has_lease) {
+          ++unexpected;
+          note("remove " + key + ": " + describe(err));
+        }
+      } else {
+        auto e = cl.exists(key);
+        if (!e) {
+          ++unexpected;
+          note("exists " + key + ": " + describe(e.error()));
+        }
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (size_t k = 0; k < c.clients.size(); ++k)
+    for (int t = 0; t < threads_per_client; ++t)
+      threads.emplace_back(worker, std::ref(*c.clients[k]), 1000 * k + t + 1);
+  for (auto& t : threads)
+    t.join();
+  for (const auto& p : problems)
+    BOOST_TEST_MESSAGE(p);
+  BOOST_CHECK_EQUAL(unexpected.load(), 0);
+  BOOST_CHECK_EQUAL(broken.load(), 0);
+  BOOST_CHECK_GT(got.load(), 0);
+  // Afterwards every object that exists reads back intact, from every client.
+  for (int k = 0; k < keys; ++k) {
+    const auto key = "stress/" + std::to_string(k);
+    for (auto& cl : c.clients) {
+      auto v = cl->get(key);
+      if (v)
+        BOOST_CHECK_MESSAGE(intact(*v), key);
+      else
+        BOOST_CHECK_MESSAGE(code_of(v.error()) == errc::object_not_found, key << ": " << why(v));
+    }
+  }
 }
