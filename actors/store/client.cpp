@@ -44,6 +44,11 @@ uint64_t clock_token() {
   return static_cast<uint64_t>(us) << 12;
 }
 
+template <class Item>
+uint64_t token_of(const Item& it) {
+  return it.slot.replicas.empty() ? 0 : it.slot.replicas.front().token;
+}
+
 std::string quoted(std::string_view key) {
   constexpr size_t shown = 64;
   if (key.size() <= shown)
@@ -367,6 +372,7 @@ void client::watch_loop() {
       done.clear();
       continue;
     }
+    send_pending_revokes();
     w::watch_request req{client_id_, done};
     auto payload = w::encode(req);
     auto reply_bytes = payload ? call_once(w::method::watch, *payload,
@@ -398,6 +404,32 @@ void client::watch_loop() {
       if (carry_out(work))
         done.push_back(work.id);
   }
+}
+
+void client::send_pending_revokes() {
+  std::vector<w::put_end_entry> revokes;
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    revokes.swap(pending_revokes_);
+  }
+  if (revokes.empty())
+    return;
+  auto payload = w::encode(w::put_finish_request{client_id_, revokes});
+  if (!payload)
+    return;
+  auto r = call_once(w::method::put_revoke, *payload, clock::now() + settings_.store_deadline);
+  const bool unanswered = !r
+                          && (code_of(r.error()) == errc::peer_unreachable
+                              || code_of(r.error()) == errc::timeout
+                              || code_of(r.error()) == errc::transport_failure);
+  if (!unanswered) {
+    std::lock_guard<std::mutex> guard(mutex_);
+    counters_.background_revokes += revokes.size();
+    return;
+  }
+  std::lock_guard<std::mutex> guard(mutex_);
+  revokes.insert(revokes.end(), pending_revokes_.begin(), pending_revokes_.end());
+  pending_revokes_ = std::move(revokes);
 }
 
 caf::expected<segment_id> client::open(const std::string& segment, bool refresh) {
@@ -534,7 +566,8 @@ void client::run_puts(std::vector<put_item>& items, const put_options& o, time_p
   if (!to_revoke.empty()) {
     w::put_finish_request revoke{client_id_, {}};
     for (auto index : to_revoke) {
-      revoke.entries.push_back(w::put_end_entry{items[index].key, items[index].slot.put_id, false, 0});
+      revoke.entries.push_back(w::put_end_entry{items[index].key, items[index].slot.put_id, false,
+                                                0, token_of(items[index])});
       items[index].done = true;
     }
     // Best effort: a put the master does not hear about is revoked at its put timeout.
@@ -546,12 +579,21 @@ void client::run_puts(std::vector<put_item>& items, const put_options& o, time_p
   w::put_finish_request end{client_id_, {}};
   for (auto index : to_end)
     end.entries.push_back(w::put_end_entry{items[index].key, items[index].slot.put_id, o.checksum,
-                                           items[index].checksum});
+                                           items[index].checksum, token_of(items[index])});
   auto end_payload = w::encode(end);
   caf::expected<bytes> end_bytes = end_payload ? call(w::method::put_end, *end_payload, until)
                                                : caf::expected<bytes>(end_payload.error());
   auto end_reply = end_bytes ? w::decode_statuses_reply(*end_bytes)
                              : caf::expected<w::statuses_reply>(end_bytes.error());
+  if (!end_reply) {
+    // The master did not answer: the puts may still end there (or have ended). Revoke them in
+    // the background until the master answers, so an object whose put failed never stays.
+    std::lock_guard<std::mutex> guard(mutex_);
+    for (const auto& entry : end.entries)
+      if (pending_revokes_.size() < max_pending_revokes)
+        pending_revokes_.push_back(entry);
+    mounted_changed_.notify_all();
+  }
   for (size_t k = 0; k < to_end.size(); ++k) {
     auto& it = items[to_end[k]];
     it.done = true;
@@ -791,12 +833,17 @@ void client::run_gets(std::vector<get_item>& items, time_point until) {
         }
         it.done = true;
         const auto lease_until = asked_at + milliseconds{it.where.lease_ms};
-        if (clock::now() > lease_until)
+        if (clock::now() > lease_until) {
+          {
+            std::lock_guard<std::mutex> guard(mutex_);
+            ++counters_.lease_expiries;
+          }
           it.result = make_error(errc::lease_expired,
                                  "get " + quoted(it.key) + ": the read ended after the object's "
                                    + std::to_string(it.where.lease_ms)
                                    + " ms lease expired; the object may have been removed or "
                                      "evicted meanwhile");
+        }
         continue;
       }
       const errc code = st ? st->code : code_of(st.error());

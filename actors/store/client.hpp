@@ -19,7 +19,9 @@
 ///
 /// put:  put_start (master allocates replicas on distinct segments) -> WRITE each replica ->
 ///       put_end (visible once the holders committed it), or put_revoke on any failure: the
-///       object never appears and its space returns.
+///       object never appears and its space returns. When put_end gets no answer (the master is
+///       frozen, gone or slow), the put fails and the watch thread revokes it in the background
+///       until the master answers: an object whose put reported failure does not stay.
 /// get:  get_replicas (with a lease) -> READ from the best replica (this process, then this host,
 ///       then any) -> on failure the next replica. A READ that ended after the lease expired is
 ///       reported as errc::lease_expired.
@@ -75,11 +77,15 @@ struct client_options {
 };
 
 struct client_counters {
+  /// Gets whose read ended after the object's lease expired (answered errc::lease_expired).
+  uint64_t lease_expiries = 0;
   uint64_t mounts = 0;
   uint64_t commits = 0;
   uint64_t fences = 0;
   uint64_t watch_errors = 0;
   uint64_t replica_failovers = 0;
+  /// Puts revoked in the background after put_end got no answer.
+  uint64_t background_revokes = 0;
 };
 
 class client {
@@ -170,6 +176,7 @@ private:
   [[nodiscard]] caf::error mount();
   void watch_loop();
   [[nodiscard]] bool carry_out(const transport::store::instruction& work);
+  void send_pending_revokes();
   [[nodiscard]] caf::expected<segment_id> open(const std::string& segment, bool refresh);
   void run_puts(std::vector<put_item>& items, const put_options& o, time_point until);
   void run_gets(std::vector<get_item>& items, time_point until);
@@ -199,6 +206,9 @@ private:
   bool closed_ = false;
   /// Holder state: committed objects by address, and the newest token seen.
   std::map<uint64_t, transport::store::held_object> held_;
+  /// Puts whose put_end got no answer, revoked by the watch thread until the master answers.
+  static constexpr size_t max_pending_revokes = 1 << 16;
+  std::vector<transport::store::put_end_entry> pending_revokes_;
   uint64_t newest_token_ = 0;
   client_counters counters_;
   std::mutex segments_mutex_;

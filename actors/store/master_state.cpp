@@ -675,15 +675,28 @@ caf::expected<msg::statuses_reply> master_state::put_revoke(const msg::put_finis
   msg::statuses_reply reply;
   for (const auto& e : r.entries) {
     auto it = puts_.find(e.put_id);
-    if (it == puts_.end() || it->second.client != r.client_id || it->second.key != e.key
-        || it->second.phase != put_phase::writing) {
-      reply.results.push_back(fail(errc::object_not_found,
-                                   "put_revoke " + quoted(e.key) + ": no unfinished put "
-                                     + std::to_string(e.put_id) + " of this key by this client"));
+    if (it != puts_.end() && it->second.client == r.client_id && it->second.key == e.key) {
+      if (it->second.phase == put_phase::committing)
+        finished_.push_back({e.put_id, fail(errc::object_not_found,
+                                            "put " + quoted(e.key)
+                                              + ": revoked by its client while committing")});
+      revoke_put(it, false);
+      reply.results.push_back(ok());
       continue;
     }
-    revoke_put(it, false);
-    reply.results.push_back(ok());
+    // A put that ended although its client saw put_end fail (the answer was lost or late, or
+    // the master restarted and adopted the object from its holders): the object it made goes,
+    // unless another put replaced it since (tokens are unique to a put).
+    auto obj = objects_.find(e.key);
+    if (e.token != 0 && obj != objects_.end() && obj->second.token == e.token) {
+      drop_object(obj);
+      ++counters_.puts_revoked;
+      reply.results.push_back(ok());
+      continue;
+    }
+    reply.results.push_back(fail(errc::object_not_found,
+                                 "put_revoke " + quoted(e.key) + ": no put "
+                                   + std::to_string(e.put_id) + " of this key by this client"));
   }
   return reply;
 }

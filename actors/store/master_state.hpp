@@ -23,6 +23,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <list>
 #include <map>
 #include <optional>
@@ -129,6 +130,9 @@ public:
                                                               time_point now);
   [[nodiscard]] caf::expected<std::vector<end_outcome>> put_end(const msg::put_finish_request& r,
                                                                 time_point now);
+  /// Revokes unfinished puts; also a put that ended although its client saw put_end fail (it
+  /// never learnt that the object appeared): the object of that key and token goes, unless
+  /// another put replaced it.
   [[nodiscard]] caf::expected<msg::statuses_reply> put_revoke(const msg::put_finish_request& r,
                                                               time_point now);
   [[nodiscard]] caf::expected<msg::get_replicas_reply> get_replicas(const msg::keys_request& r,

@@ -192,6 +192,9 @@ struct put_end_entry {
   uint64_t put_id = 0;
   bool has_checksum = false;
   uint32_t checksum = 0;
+  /// The put's token (from put_start): put_revoke also removes the object a put made when its
+  /// client never learnt that put_end succeeded (the answer was lost, or the master restarted).
+  uint64_t token = 0;
   friend bool operator==(const put_end_entry&, const put_end_entry&) = default;
 };
 

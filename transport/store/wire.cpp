@@ -20,7 +20,7 @@ constexpr size_t min_dropped_object = (2 + 1) + 8 + 8;
 constexpr size_t min_instruction = 8 + 1 + (2 + 1) + 8 + 8 + 8 + 2 + 1 + 4 + 1;
 constexpr size_t min_put_entry = (2 + 1) + 8 + 1 + 1 + 1;
 constexpr size_t min_put_slot = min_status + 8 + 1;
-constexpr size_t min_put_end_entry = (2 + 1) + 8 + 1 + 4;
+constexpr size_t min_put_end_entry = (2 + 1) + 8 + 8 + 1 + 4;
 constexpr size_t min_key = 2 + 1;
 constexpr size_t min_object_location = min_status + 8 + 1 + 4 + 4 + 1;
 
@@ -283,6 +283,7 @@ caf::expected<std::vector<uint8_t>> encode(const put_finish_request& m) {
   e.list(4, max_batch, m.entries, "entry list", "entry", [&](const put_end_entry& p) {
     e.key(p.key);
     e.out.u64(p.put_id);
+    e.out.u64(p.token);
     e.out.boolean(p.has_checksum);
     e.out.u32(p.checksum);
   });
@@ -463,6 +464,7 @@ caf::expected<put_finish_request> decode_put_finish_request(std::span<const uint
     put_end_entry p;
     p.key = d.key();
     p.put_id = d.in.num<uint64_t>("put id");
+    p.token = d.in.num<uint64_t>("token");
     p.has_checksum = d.in.boolean("has_checksum");
     p.checksum = d.in.num<uint32_t>("checksum");
     return p;

@@ -30,7 +30,7 @@
 ///   put_start_reply   slot count u32 (<= max_batch), each: status | put_id u64 |
 ///                     replica count u8 (<= max_replicas), replicas
 ///   put_finish_request client_id u64 | entry count u32 (<= max_batch), each: key | put_id u64 |
-///                     has_checksum bool | checksum u32
+///                     token u64 | has_checksum bool | checksum u32
 ///   keys_request      client_id u64 | force bool | key count u32 (<= max_batch), keys
 ///   statuses_reply    status count u32 (<= max_batch), statuses
 ///   get_replicas_reply object count u32 (<= max_batch), each: status | size u64 |

@@ -549,3 +549,30 @@ BOOST_AUTO_TEST_CASE(what_clients_can_make_the_master_hold_is_bounded) {
   BOOST_REQUIRE(!refused);
   BOOST_CHECK(code_of(refused.error()) == errc::invalid_argument);
 }
+
+BOOST_AUTO_TEST_CASE(a_client_that_never_learnt_its_put_ended_can_still_revoke_it) {
+  fixture f;
+  f.mount(1, "a", base_a, 1 << 20);
+  // Revoked while committing: the pending put_end is answered, the object never appears.
+  auto p = f.start(1, "k", 100);
+  BOOST_REQUIRE(f.end(1, "k", p.put_id).pending);
+  auto r = f.m->put_revoke({1, {{"k", p.put_id, false, 0, p.replicas[0].token}}}, f.now);
+  BOOST_REQUIRE(r && r->results[0].code == errc::none);
+  auto done = f.m->take_finished_ends();
+  BOOST_REQUIRE_EQUAL(done.size(), 1u);
+  BOOST_CHECK(done[0].result.code == errc::object_not_found);
+  f.serve({1});
+  BOOST_CHECK(f.exists(1, "k") == errc::object_not_found);
+  // Ended, but its client saw put_end fail: the object of that token goes.
+  auto q = f.put(1, "k", 100, {1});
+  auto late = f.m->put_revoke({1, {{"k", q.put_id, false, 0, q.replicas[0].token}}}, f.now);
+  BOOST_REQUIRE(late && late->results[0].code == errc::none);
+  BOOST_CHECK(f.exists(1, "k") == errc::object_not_found);
+  // A revoke naming another put's token leaves the object alone.
+  auto s = f.put(1, "k", 100, {1});
+  auto wrong = f.m->put_revoke({1, {{"k", q.put_id, false, 0, q.replicas[0].token}}}, f.now);
+  BOOST_REQUIRE(wrong);
+  BOOST_CHECK(wrong->results[0].code == errc::object_not_found);
+  BOOST_CHECK(f.exists(1, "k") == errc::none);
+  (void) s;
+}
