@@ -37,3 +37,25 @@ if(KVFERRY_ENABLE_CUDA)
   endif()
 endif()
 message(STATUS "kvferry: CUDA support ${KVFERRY_HAVE_CUDA}")
+
+# The Python module (tools/python): built when Python 3's development files and pybind11 are
+# found (tools/bootstrap.sh installs python3-dev and pybind11-dev). The interpreter is Debian's
+# /usr/bin/python3 unless Python3_EXECUTABLE names another: the first python3 on PATH may be a
+# pyenv or venv interpreter without headers, or of another ABI. Sanitized builds leave it out (a
+# sanitized extension cannot load into an interpreter built without the sanitizer runtime).
+option(KVFERRY_BUILD_PYTHON "Build the kvferry Python module when Python 3 and pybind11 are found" ON)
+set(KVFERRY_HAVE_PYTHON OFF)
+if(KVFERRY_BUILD_PYTHON AND NOT KVFERRY_SANITIZE)
+  if(NOT DEFINED Python3_EXECUTABLE AND EXISTS /usr/bin/python3)
+    set(Python3_EXECUTABLE /usr/bin/python3)
+  endif()
+  find_package(Python3 3.9 QUIET COMPONENTS Interpreter Development.Module)
+  if(Python3_FOUND)
+    find_package(pybind11 2.6 QUIET CONFIG)
+  endif()
+  if(Python3_FOUND AND pybind11_FOUND)
+    set(KVFERRY_HAVE_PYTHON ON)
+  endif()
+endif()
+message(STATUS "kvferry: Python module ${KVFERRY_HAVE_PYTHON} (python ${Python3_VERSION} at "
+               "${Python3_EXECUTABLE}, pybind11 ${pybind11_VERSION})")

@@ -21,6 +21,7 @@ packages=(
   libspdlog-dev libfmt-dev libcli11-dev
   iperf3
   clang libclang-rt-14-dev llvm-14
+  python3 python3-dev pybind11-dev
 )
 
 install_packages() {
