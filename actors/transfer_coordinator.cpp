@@ -95,6 +95,9 @@ struct segment_entry {
   std::vector<uint32_t> workers; // eligible worker indices
   uint32_t cursor = 0;           // round robin
   uint64_t slice_size = 0;       // for tasks to this segment
+  // Bytes of the slices that succeeded, for stats (read by it, never acted on).
+  uint64_t read_bytes = 0;
+  uint64_t write_bytes = 0;
 };
 
 struct timed_entry {
@@ -552,6 +555,9 @@ void handle_report(self_pointer self, uint32_t worker,
     if (ok) {
       ++st.stats.slices_succeeded;
       t.bytes_done += s.length;
+      if (auto seg = st.segments.find(t.spec.segment); seg != st.segments.end())
+        (t.spec.op == transport::opcode::write ? seg->second.write_bytes : seg->second.read_bytes)
+          += s.length;
       release_slice(st, slot);
       if (--t.slices_open == 0)
         resolve(st, task_slot, task_state::completed, errc::none, {});
@@ -658,6 +664,9 @@ coordinator_stats current_stats(const coordinator_state& st) {
   out.live_batches = st.batches.size();
   out.live_tasks = st.tasks.size() - st.free_tasks.size();
   out.live_slices = st.slices.size() - st.free_slices.size();
+  for (const auto& [id, seg] : st.segments)
+    if (seg.read_bytes > 0 || seg.write_bytes > 0)
+      out.traffic.push_back(peer_traffic{seg.descriptor.name, seg.read_bytes, seg.write_bytes});
   return out;
 }
 

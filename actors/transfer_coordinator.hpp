@@ -93,6 +93,18 @@ struct batch_ref {
   std::shared_ptr<batch_board> board;
 };
 
+/// Bytes moved to and from one segment (slices that succeeded, retries' bytes counted once).
+struct peer_traffic {
+  std::string segment;
+  uint64_t read_bytes = 0;
+  uint64_t write_bytes = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, peer_traffic& x) {
+  return f(caf::meta::type_name("kvferry::peer_traffic"), x.segment, x.read_bytes, x.write_bytes);
+}
+
 struct coordinator_stats {
   uint64_t tasks_submitted = 0;
   uint64_t tasks_completed = 0;
@@ -113,6 +125,8 @@ struct coordinator_stats {
   uint64_t notifies_dropped = 0; // a task of the submission did not complete
   uint64_t retries_given_up = 0; // a retry could not start before the task's deadline
   uint64_t unsettled_withdrawals = 0; // withdrawals that named segments which may still receive bytes
+  /// Bytes by segment, for the segments this engine moved bytes with.
+  std::vector<peer_traffic> traffic;
 
   [[nodiscard]] uint64_t tasks_resolved() const noexcept {
     return tasks_completed + tasks_failed + tasks_timeout + tasks_canceled;
@@ -125,7 +139,8 @@ typename Inspector::result_type inspect(Inspector& f, coordinator_stats& x) {
            x.tasks_completed, x.tasks_failed, x.tasks_timeout, x.tasks_canceled, x.slices_posted,
            x.slices_succeeded, x.slices_failed, x.slices_retried, x.slices_withdrawn,
            x.late_reports, x.repeated_resolutions, x.live_batches, x.live_tasks, x.live_slices,
-           x.notifies_sent, x.notifies_dropped, x.retries_given_up, x.unsettled_withdrawals);
+           x.notifies_sent, x.notifies_dropped, x.retries_given_up, x.unsettled_withdrawals,
+           x.traffic);
 }
 
 struct coordinator_settings {

@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include <caf/event_based_actor.hpp>
+#include <caf/scoped_actor.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
@@ -292,6 +293,7 @@ caf::expected<std::unique_ptr<master_node>> master_node::start(options o) {
   node->server_ = std::move(*server);
   node->port_ = node->server_->port();
   node->bound_ = transport::control::memory_bound(so);
+  node->options_ = std::move(o);
   return node;
 }
 
@@ -301,6 +303,29 @@ master_node::~master_node() {
 
 transport::control::server_counters master_node::counters() const noexcept {
   return server_ ? server_->counters() : transport::control::server_counters{};
+}
+
+caf::expected<std::string> master_node::report(milliseconds timeout) const {
+  namespace w = transport::store;
+  if (!actor_)
+    return make_error(errc::shutting_down, "store master: stopped");
+  auto payload = w::encode(w::stats_request{0});
+  if (!payload)
+    return payload.error();
+  caf::expected<bytes> answer{caf::error{}};
+  {
+    caf::scoped_actor self{runtime_->system()};
+    self->request(actor_, caf::timespan{timeout}, call_atom::value,
+                  static_cast<uint16_t>(w::method::stats), std::move(*payload))
+      .receive([&](bytes& r) { answer = std::move(r); },
+               [&](caf::error& err) { answer = std::move(err); });
+  }
+  if (!answer)
+    return answer.error();
+  auto reply = w::decode_stats_reply(*answer);
+  if (!reply)
+    return reply.error();
+  return std::move(reply->report);
 }
 
 void master_node::stop() {

@@ -71,6 +71,11 @@ public:
   [[nodiscard]] uint16_t port() const noexcept { return port_; }
   [[nodiscard]] uint64_t master_id() const noexcept { return master_id_; }
   [[nodiscard]] transport::control::server_counters counters() const noexcept;
+  /// The store's report (JSON, as client::master_stats returns it; docs/ARCHITECTURE.md, "The
+  /// report"), asked of the master actor; errc::timeout when it does not answer within `timeout`.
+  [[nodiscard]] caf::expected<std::string> report(milliseconds timeout = milliseconds{5000}) const;
+  /// The options it was started with.
+  [[nodiscard]] const options& started_with() const noexcept { return options_; }
   /// The most memory clients can make the master's port hold.
   [[nodiscard]] uint64_t network_memory_bound() const noexcept { return bound_; }
   /// Stops the port and the actor. Idempotent.
@@ -84,6 +89,7 @@ private:
   uint16_t port_ = 0;
   uint64_t master_id_ = 0;
   uint64_t bound_ = 0;
+  options options_;
 };
 
 } // namespace kvferry::store

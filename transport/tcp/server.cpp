@@ -234,6 +234,11 @@ private:
       }
       if (status != errc::none) {
         leases_[i].reset();
+        (status == errc::stale_incarnation ? shared_->refused_stale_incarnation
+         : status == errc::fenced          ? shared_->refused_fenced
+         : status == errc::busy            ? shared_->refused_busy
+                                           : shared_->refused_out_of_range)
+          .fetch_add(1, std::memory_order_relaxed);
         auto refused = shared_->refused.fetch_add(1, std::memory_order_relaxed);
         if (should_log(refused))
           log::info("segment '{}': refused {} of [{}, +{}) (token {}): {}", shared_->segment_name,
@@ -296,12 +301,14 @@ private:
         }
         shared_->reads.fetch_add(1, std::memory_order_relaxed);
         shared_->bytes.fetch_add(req.length, std::memory_order_relaxed);
+        shared_->read_bytes.fetch_add(req.length, std::memory_order_relaxed);
       }
     }
     for (size_t i = 0; i < n; ++i) {
       if (entries_[i].op == wire::frame_op::write && status_[i] == errc::none) {
         shared_->writes.fetch_add(1, std::memory_order_relaxed);
         shared_->bytes.fetch_add(entries_[i].length, std::memory_order_relaxed);
+        shared_->write_bytes.fetch_add(entries_[i].length, std::memory_order_relaxed);
       }
     }
     // The staged device bytes were charged at decode; the rest of the message now.
@@ -453,6 +460,12 @@ tcp_server_counters tcp_server::counters() const noexcept {
   c.bytes = shared_->bytes.load();
   c.refused = shared_->refused.load();
   c.malformed = shared_->malformed.load();
+  c.read_bytes = shared_->read_bytes.load();
+  c.write_bytes = shared_->write_bytes.load();
+  c.refused_out_of_range = shared_->refused_out_of_range.load();
+  c.refused_stale_incarnation = shared_->refused_stale_incarnation.load();
+  c.refused_fenced = shared_->refused_fenced.load();
+  c.refused_busy = shared_->refused_busy.load();
   if (server_)
     c.connections = server_->counters();
   return c;

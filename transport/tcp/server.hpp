@@ -71,8 +71,17 @@ struct tcp_server_counters {
   uint64_t reads = 0;
   uint64_t writes = 0;
   uint64_t bytes = 0;
+  /// Of `bytes`: sent in READ replies, and received by WRITEs.
+  uint64_t read_bytes = 0;
+  uint64_t write_bytes = 0;
   /// Well-formed requests refused (out of range, stale incarnation, budget).
   uint64_t refused = 0;
+  /// Of `refused`, by reason: outside every registered region (or being unregistered), addressed
+  /// to an earlier incarnation, fenced, reply budget spent (device memory staging).
+  uint64_t refused_out_of_range = 0;
+  uint64_t refused_stale_incarnation = 0;
+  uint64_t refused_fenced = 0;
+  uint64_t refused_busy = 0;
   /// Requests (messages) that failed validation.
   uint64_t malformed = 0;
   zmtp::server_counters connections;
@@ -85,6 +94,9 @@ struct data_plane {
   uint64_t incarnation = 0;
   server_limits limits;
   std::atomic<uint64_t> requests{0}, reads{0}, writes{0}, bytes{0}, refused{0}, malformed{0};
+  std::atomic<uint64_t> read_bytes{0}, write_bytes{0};
+  std::atomic<uint64_t> refused_out_of_range{0}, refused_stale_incarnation{0}, refused_fenced{0},
+    refused_busy{0};
 };
 
 /// What one connection of a data-plane server can hold at most besides its queued replies: the
