@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -155,15 +156,20 @@ class Engine(unittest.TestCase):
         self.assertEqual(notes[0][0], e.segment_name)
 
     def test_wait_releases_the_gil_and_times_out(self):
-        # The target is stopped: the READ cannot finish before its deadline; meanwhile another
-        # Python thread keeps running.
+        # The target is stopped: the READ cannot finish before its deadline. Meanwhile another
+        # Python thread keeps running: with the GIL held through wait(), none of its ticks could
+        # fall strictly inside the call (a long switch interval keeps the interpreter from handing
+        # the GIL over just before the call).
         e = self.engine
-        ticks = [0]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.2)
+        self.addCleanup(sys.setswitchinterval, interval)
+        ticks = []
         stop = threading.Event()
 
         def count():
             while not stop.is_set():
-                ticks[0] += 1
+                ticks.append(time.monotonic())
 
         t = threading.Thread(target=count)
         harness.stop_process(self.target)
@@ -175,9 +181,13 @@ class Engine(unittest.TestCase):
                 e.wait(batch, timeout=0.2)
             self.assertEqual(caught.exception.name, "timeout")
             t.start()
-            before = ticks[0]
+            start = time.monotonic()
             summary = e.wait(batch, timeout=10)
-            self.assertGreater(ticks[0], before, "the GIL was held during wait()")
+            end = time.monotonic()
+            stop.set()
+            t.join()
+            self.assertTrue(any(start < tick < end for tick in ticks),
+                            "the GIL was held during wait()")
             self.assertEqual(summary.timeout, 1)
             self.assertEqual(e.status(batch, 0).state, kvferry.TaskState.TIMEOUT)
             e.free_batch(batch)
@@ -186,7 +196,6 @@ class Engine(unittest.TestCase):
             if t.is_alive():
                 t.join()
             self.target.send_signal(signal.SIGCONT)
-
 
     def test_close_wakes_a_waiter(self):
         e = kvferry.TransferEngine()

@@ -3,6 +3,7 @@
 import ctypes
 import os
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -131,27 +132,37 @@ class Surface(unittest.TestCase):
             s.register_buffer(b"read-only bytes")
 
     def test_calls_release_the_gil(self):
-        # Another Python thread keeps running while this one is inside store calls.
+        # Another Python thread runs while this one is inside a store call: with the GIL held
+        # through a call, no tick of the other thread could fall strictly inside it. A long switch
+        # interval keeps the interpreter from handing the GIL over between `start` and the call.
         s = self.store
-        value = os.urandom(4 << 20)
-        ticks = [0]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.2)
+        self.addCleanup(sys.setswitchinterval, interval)
+        value = os.urandom(8 << 20)
+        ticks = []
         stop = threading.Event()
 
         def count():
             while not stop.is_set():
-                ticks[0] += 1
+                ticks.append(time.monotonic())
 
+        calls = []
         t = threading.Thread(target=count)
         t.start()
         try:
-            before = ticks[0]
             for i in range(3):
+                start = time.monotonic()
                 self.assertEqual(s.put(f"surface/gil/{i}", value), 0)
+                calls.append((start, time.monotonic()))
+                start = time.monotonic()
                 self.assertEqual(len(s.get(f"surface/gil/{i}")), len(value))
-            self.assertGreater(ticks[0], before)
+                calls.append((start, time.monotonic()))
         finally:
             stop.set()
             t.join()
+        inside = sum(1 for tick in ticks for a, b in calls if a < tick < b)
+        self.assertGreater(inside, 0, f"no tick inside {len(calls)} calls")
 
     def test_master_stats(self):
         stats = self.store.master_stats()
