@@ -282,6 +282,29 @@ void data_plane_seeds() {
 
 } // namespace
 
+/// http: byte 0 chunk size, byte 1 flags (http_fuzz.cpp), then what a peer sends.
+void http_seed(const std::string& name, uint8_t chunk, uint8_t flags, const std::string& text) {
+  bytes b{chunk, flags};
+  b.insert(b.end(), text.begin(), text.end());
+  put("http", name, b);
+}
+
+void http_seeds() {
+  const std::string scrape = "GET /metrics HTTP/1.1\r\nHost: node:9100\r\nAccept: */*\r\n\r\n";
+  http_seed("scrape", 0, 0, scrape);
+  http_seed("scrape_trickled", 1, 0, scrape);
+  http_seed("pipelined", 7, 0, scrape + "HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+                                  "GET /x?y HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+  http_seed("not_read", 0, 4, scrape + scrape + scrape);
+  http_seed("close", 0, 1, "GET http://a/metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  http_seed("post_body", 0, 0, "POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
+  http_seed("slow_timeout", 3, 2, "GET /metrics HTTP/1.1\r\nHost: a\r\n");
+  http_seed("version", 0, 0, "GET /metrics HTTP/2.0\r\nHost: a\r\n\r\n");
+  http_seed("oversized", 64, 0,
+            "GET /metrics HTTP/1.1\r\nX: " + std::string(600, 'a') + "\r\n\r\n");
+  http_seed("lf_only", 0, 0, "\nGET /metrics HTTP/1.1\nHost: a\nConnection: x, close\n\n");
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: make_seeds <dir>\n");
@@ -293,5 +316,6 @@ int main(int argc, char** argv) {
   control_wire_seeds();
   store_wire_seeds();
   data_plane_seeds();
+  http_seeds();
   return failures == 0 ? 0 : 1;
 }
