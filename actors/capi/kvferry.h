@@ -223,7 +223,10 @@ int kvferry_store_remove(kvferry_store* store, const char* key, int force);
 /** *exists = 1 or 0. */
 int kvferry_store_exists(kvferry_store* store, const char* key, int* exists);
 
-int kvferry_store_register_buffer(kvferry_store* store, void* addr, size_t size);
+/** Registers caller memory for put_from / get_into at `location` ("cpu:0", "cuda:0"; NULL for
+ * "cpu:0"). */
+int kvferry_store_register_buffer(kvferry_store* store, void* addr, size_t size,
+                                  const char* location);
 int kvferry_store_unregister_buffer(kvferry_store* store, void* addr);
 
 /* Batches: one deadline for all entries; results[i] is entry i's code (0 or a kvferry_errc).

@@ -195,14 +195,15 @@ int kvferry_store_exists(kvferry_store* store, const char* key, int* exists) {
   });
 }
 
-int kvferry_store_register_buffer(kvferry_store* store, void* addr, size_t size) {
+int kvferry_store_register_buffer(kvferry_store* store, void* addr, size_t size,
+                                  const char* location) {
   if (store == nullptr)
     return null_argument("kvferry_store_register_buffer", "store");
   return guarded([&]() -> int {
     capi::lifecycle::hold hold(store->life);
     if (!hold.ok())
       return closed();
-    return fail(store->client->register_buffer(addr, size));
+    return fail(store->client->register_buffer(addr, size, location ? location : "cpu:0"));
   });
 }
 

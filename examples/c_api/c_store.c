@@ -62,7 +62,7 @@ static int store_round_trip(void) {
     goto done;
   }
   /* get_into: straight into memory registered with the store (zero copy). */
-  if ((rc = kvferry_store_register_buffer(store, landing, value_size)) != KVFERRY_OK) {
+  if ((rc = kvferry_store_register_buffer(store, landing, value_size, NULL)) != KVFERRY_OK) {
     report("kvferry_store_register_buffer", rc);
     goto done;
   }

@@ -179,7 +179,7 @@ public:
     return rc == KVFERRY_OK ? 0 : failed(rc);
   }
 
-  int register_buffer(py::handle ptr, std::optional<uint64_t> size) {
+  int register_buffer(py::handle ptr, std::optional<uint64_t> size, const std::string& location) {
     auto* h = live();
     if (h == nullptr)
       return not_live();
@@ -188,7 +188,7 @@ public:
     int rc;
     {
       py::gil_scoped_release unlocked;
-      rc = kvferry_store_register_buffer(h, m.addr, m.length);
+      rc = kvferry_store_register_buffer(h, m.addr, m.length, location.c_str());
     }
     if (rc != KVFERRY_OK)
       return failed(rc);
@@ -441,7 +441,7 @@ are ints (addresses, with sizes) or objects with the buffer protocol.)")
     .def("remove", &store::remove, py::arg("key"), py::arg("force") = false,
          "0 or a negative code (-706 while a get holds a lease on it, unless force).")
     .def("register_buffer", &store::register_buffer, py::arg("buffer_ptr"),
-         py::arg("size") = py::none(),
+         py::arg("size") = py::none(), py::arg("location") = "cpu:0",
          "Registers memory for put_from / get_into: an int address and size, or a writable "
          "buffer object (kept in place until unregistered); 0 or a negative code.")
     .def("unregister_buffer", &store::unregister_buffer, py::arg("buffer_ptr"))
