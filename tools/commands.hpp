@@ -20,6 +20,16 @@ struct mapped_buffer {
   uint8_t* data = nullptr;
 };
 
+/// The optional Prometheus metrics port of a long-running command (tools/metrics_port.hpp).
+struct metrics_options {
+  /// 0: no metrics port.
+  uint16_t port = 0;
+  /// Empty: the command's own bind address.
+  std::string host;
+  /// A request must arrive, and a response be taken, within this.
+  uint64_t timeout_ms = 10000;
+};
+
 struct demo_options {
   uint32_t layers = 32;
   uint32_t blocks = 64;
@@ -43,6 +53,7 @@ struct node_options {
   uint64_t segment_bytes = 0;
   /// Fill the segment with tools/pattern.hpp's pattern of this seed (0: leave zeroed).
   uint64_t fill_seed = 0;
+  metrics_options metrics;
 };
 
 /// A long-lived node: serves its segment until SIGINT or SIGTERM.
@@ -90,6 +101,7 @@ struct master_options {
   uint64_t commit_timeout_ms = 5000;
   double high_watermark = 0.9;
   double evict_ratio = 0.05;
+  metrics_options metrics;
 };
 
 /// The store master: serves clients until SIGINT or SIGTERM.
@@ -97,7 +109,7 @@ int run_master(const config::settings& settings, const master_options& options);
 
 /// A store client that only contributes its segment (global_segment_size) to the store and
 /// holds replicas, until SIGINT or SIGTERM.
-int run_store_node(const config::settings& settings);
+int run_store_node(const config::settings& settings, const metrics_options& metrics = {});
 
 /// Flags of `kvferry store-bench` (a store client measuring put and get against a running master
 /// and store nodes), named in the style of `kvferry bench`.

@@ -13,6 +13,7 @@
 #include "config/log.hpp"
 #include "config/settings.hpp"
 #include "tools/commands.hpp"
+#include "tools/metrics_port.hpp"
 #include "tools/signals.hpp"
 
 namespace {
@@ -83,6 +84,7 @@ int main(int argc, char** argv) {
   node_cmd->add_option("--segment-bytes", node.segment_bytes,
                        "bytes to register (default: global_segment_size)");
   node_cmd->add_option("--fill-seed", node.fill_seed, "fill the segment with a test pattern");
+  kvferry::tools::add_metrics_options(*node_cmd, node.metrics);
 
   kvferry::tools::bench_options bench;
   auto* bench_cmd = app.add_subcommand(
@@ -144,12 +146,15 @@ int main(int argc, char** argv) {
   master_cmd->add_option("--evict-ratio", master.evict_ratio,
                          "evict down to high-watermark minus this fraction")
     ->check(CLI::Range(0.0, 1.0));
+  kvferry::tools::add_metrics_options(*master_cmd, master.metrics);
 
   auto* store_node_cmd = app.add_subcommand(
     "store-node", "contribute global_segment_size bytes to the store at master_server_address "
                   "and hold replicas until SIGTERM");
   std::string store_node_config_path;
   add_config_option(*store_node_cmd, store_node_config_path);
+  kvferry::tools::metrics_options store_node_metrics;
+  kvferry::tools::add_metrics_options(*store_node_cmd, store_node_metrics);
 
   kvferry::tools::store_bench_options store_bench;
   auto* store_bench_cmd = app.add_subcommand(
@@ -244,7 +249,7 @@ int main(int argc, char** argv) {
   if (*master_cmd)
     return kvferry::tools::run_master(*settings, master);
   if (*store_node_cmd)
-    return kvferry::tools::run_store_node(*settings);
+    return kvferry::tools::run_store_node(*settings, store_node_metrics);
   if (*store_bench_cmd)
     return kvferry::tools::run_store_bench(*settings, store_bench);
   if (*replay_cmd)

@@ -1,8 +1,10 @@
 #include <cstdio>
 
 #include "actors/store/master.hpp"
+#include "actors/store/metrics.hpp"
 #include "config/log.hpp"
 #include "tools/commands.hpp"
+#include "tools/metrics_port.hpp"
 #include "tools/signals.hpp"
 
 namespace kvferry::tools {
@@ -55,8 +57,13 @@ int run_master(const config::settings& settings, const master_options& options) 
   std::printf("kvferry master: clients can make its port hold at most %llu bytes (network memory "
               "bound)\n",
               static_cast<unsigned long long>((*node)->network_memory_bound()));
+  metrics_port metrics;
+  if (!metrics.start(options.metrics, o.bind_host, "kvferry master",
+                     [n = node->get()](metrics_text& out) { store::add_master_metrics(out, *n); }))
+    return 1;
   std::fflush(stdout);
   int sig = wait_for_stop_signal();
+  metrics.stop();
   log::debug("store master: stopping on signal {}", sig);
   auto c = (*node)->counters();
   (*node)->stop();

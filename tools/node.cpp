@@ -6,6 +6,7 @@
 #include "actors/transfer_engine.hpp"
 #include "config/log.hpp"
 #include "tools/commands.hpp"
+#include "tools/metrics_port.hpp"
 #include "tools/pattern.hpp"
 #include "tools/signals.hpp"
 
@@ -40,9 +41,14 @@ int run_node(const config::settings& settings, const node_options& options) {
               static_cast<void*>(buffer.data));
   std::printf("kvferry node: peers can make it hold at most %llu bytes (network memory bound)\n",
               static_cast<unsigned long long>((*engine)->network_memory_bound()));
+  metrics_port metrics;
+  if (!metrics.start(options.metrics, settings.local_hostname, "kvferry node",
+                     [e = engine->get()](metrics_text& out) { add_engine_metrics(out, *e); }))
+    return 1;
   std::printf("segment name: %s\n", (*engine)->segment_name().c_str());
   std::fflush(stdout);
   int sig = wait_for_stop_signal();
+  metrics.stop();
   log::debug("node '{}': stopping on signal {}", (*engine)->segment_name(), sig);
   auto c = (*engine)->server_counters();
   auto k = (*engine)->control_counters();
