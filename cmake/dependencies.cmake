@@ -10,19 +10,8 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(IBVERBS QUIET IMPORTED_TARGET libibverbs)
 message(STATUS "kvferry: libibverbs ${IBVERBS_VERSION} found: ${IBVERBS_FOUND} (not used yet: no RDMA data path)")
 
-# CAF 0.17 ships neither a CMake config nor a pkg-config file.
-find_path(CAF_INCLUDE_DIR caf/all.hpp REQUIRED)
-find_library(CAF_CORE_LIBRARY caf_core REQUIRED)
-find_library(CAF_IO_LIBRARY caf_io REQUIRED)
-add_library(caf::core UNKNOWN IMPORTED)
-set_target_properties(caf::core PROPERTIES
-  IMPORTED_LOCATION "${CAF_CORE_LIBRARY}"
-  INTERFACE_INCLUDE_DIRECTORIES "${CAF_INCLUDE_DIR}"
-  INTERFACE_LINK_LIBRARIES Threads::Threads)
-add_library(caf::io UNKNOWN IMPORTED)
-set_target_properties(caf::io PROPERTIES
-  IMPORTED_LOCATION "${CAF_IO_LIBRARY}"
-  INTERFACE_LINK_LIBRARIES caf::core)
+# CAF 0.17 ships neither a CMake config nor a pkg-config file (installed with kvferry's package).
+include(${CMAKE_CURRENT_LIST_DIR}/kvferryCAF.cmake)
 
 # CUDA is optional: detected, never required. Without it, cuda:N memory reports not_supported.
 # kvferry calls only the CUDA runtime API from C++, so no CUDA language support is needed.
