@@ -406,6 +406,24 @@ void client::watch_loop() {
   }
 }
 
+bool client::suspect(const std::string& segment) {
+  std::lock_guard<std::mutex> guard(segments_mutex_);
+  auto it = suspects_.find(segment);
+  if (it == suspects_.end())
+    return false;
+  if (clock::now() - it->second > suspect_for) {
+    suspects_.erase(it);
+    return false;
+  }
+  return true;
+}
+
+void client::mark_suspect(const std::string& segment) {
+  std::lock_guard<std::mutex> guard(segments_mutex_);
+  if (suspects_.size() < 4096)
+    suspects_[segment] = clock::now();
+}
+
 void client::send_pending_revokes() {
   std::vector<w::put_end_entry> revokes;
   {
@@ -757,8 +775,12 @@ void client::run_gets(std::vector<get_item>& items, time_point until) {
       it.done = true;
       continue;
     }
-    // Best replica first: this process, then this host, then any.
-    auto rank = [&](const w::replica& r) { return r.segment == name_ ? 0 : r.host == host_id_ ? 1 : 2; };
+    // Best replica first: this process, then this host, then any; a holder that failed a read
+    // recently goes after the others.
+    auto rank = [&](const w::replica& r) {
+      int where = r.segment == name_ ? 0 : r.host == host_id_ ? 1 : 2;
+      return suspect(r.segment) ? where + 3 : where;
+    };
     it.order.resize(it.where.replicas.size());
     for (size_t r = 0; r < it.order.size(); ++r)
       it.order[r] = r;
@@ -800,11 +822,15 @@ void client::run_gets(std::vector<get_item>& items, time_point until) {
       auto& it = items[i];
       const auto& r = it.where.replicas[it.order[it.next]];
       auto id = open(r.segment, false);
+      // Each replica still untried gets an equal share of what is left: a holder that does not
+      // answer (killed, frozen, cut off) cannot use up the time the next replica needs.
+      const auto untried = static_cast<int64_t>(it.order.size() - it.next);
+      const auto share = std::max(budget / untried, milliseconds{1});
       caf::expected<uint32_t> first = id ? engine_->submit(*batch,
                                                            std::vector<transfer_request>{
                                                              {opcode::read, it.target, *id, r.addr,
                                                               it.size, r.token}},
-                                                           {budget, {}})
+                                                           {share, {}})
                                          : caf::expected<uint32_t>(id.error());
       if (!first) {
         it.last_failure = make_error(errc::transport_failure,
@@ -859,6 +885,8 @@ void client::run_gets(std::vector<get_item>& items, time_point until) {
       if (code == errc::stale_incarnation || code == errc::peer_unreachable
           || code == errc::unknown_segment)
         (void) open(r.segment, true);
+      if (code != errc::fenced)
+        mark_suspect(r.segment);
       ++it.next;
       std::lock_guard<std::mutex> guard(mutex_);
       ++counters_.replica_failovers;

@@ -177,6 +177,9 @@ private:
   void watch_loop();
   [[nodiscard]] bool carry_out(const transport::store::instruction& work);
   void send_pending_revokes();
+  /// Holders that failed a read recently: their replicas are tried after the others.
+  [[nodiscard]] bool suspect(const std::string& segment);
+  void mark_suspect(const std::string& segment);
   [[nodiscard]] caf::expected<segment_id> open(const std::string& segment, bool refresh);
   void run_puts(std::vector<put_item>& items, const put_options& o, time_point until);
   void run_gets(std::vector<get_item>& items, time_point until);
@@ -213,6 +216,8 @@ private:
   client_counters counters_;
   std::mutex segments_mutex_;
   std::unordered_map<std::string, segment_id> segments_;
+  static constexpr milliseconds suspect_for{10000};
+  std::unordered_map<std::string, time_point> suspects_;
   std::thread watcher_;
 };
 
