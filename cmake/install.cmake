@@ -39,6 +39,16 @@ if(TARGET kvferry_c)
     DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvferry COMPONENT development)
 endif()
 
+# The Python module, when it is built: where Debian's python3 looks under the prefix
+# (/usr/lib/python3/dist-packages in the .deb); it finds libkvferry_c in the prefix's libraries.
+if(TARGET kvferry_python)
+  set(KVFERRY_PYTHON_DIR lib/python3/dist-packages CACHE STRING
+      "where cmake --install puts the kvferry Python module, relative to the prefix")
+  set_target_properties(kvferry_python PROPERTIES
+    INSTALL_RPATH "$ORIGIN/../../../${CMAKE_INSTALL_LIBDIR}")
+  install(TARGETS kvferry_python LIBRARY DESTINATION ${KVFERRY_PYTHON_DIR} COMPONENT runtime)
+endif()
+
 install(EXPORT kvferryTargets NAMESPACE kvferry:: DESTINATION ${KVFERRY_CMAKE_DIR}
   COMPONENT development)
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/kvferryConfig.cmake.in

@@ -75,6 +75,17 @@ if(NOT EXISTS "${example_build}/pd_disagg/pd_disagg")
   message(FATAL_ERROR "pd_disagg was not built")
 endif()
 run("the installed kvferry --help" "${prefix}/bin/kvferry" --help)
+# The Python module, when this build has it, imports from the prefix alone.
+if(EXISTS "${BUILD_DIR}/tools/python")
+  file(GLOB module "${prefix}/lib/python3/dist-packages/kvferry*.so")
+  if(NOT module)
+    message(FATAL_ERROR "the install has no Python module under lib/python3/dist-packages")
+  endif()
+  run("the installed Python module" ${CMAKE_COMMAND} -E env
+      "PYTHONPATH=${prefix}/lib/python3/dist-packages" /usr/bin/python3 -c
+      "import kvferry\nprint('kvferry module from', kvferry.__file__)")
+  message(STATUS "${last_output}")
+endif()
 message(STATUS "installed into ${prefix}; examples built and run against it")
 # The static libraries carry their debug information: do not keep hundreds of MiB around.
 file(REMOVE_RECURSE "${WORK_DIR}")
