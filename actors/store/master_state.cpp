@@ -176,6 +176,22 @@ void master_state::free_space(const allocation& a, uint64_t token) {
   queue(s.client, std::move(p));
 }
 
+void master_state::add_object(const std::string& key, uint64_t size, uint64_t token,
+                              std::vector<allocation> replicas, bool has_checksum,
+                              uint32_t checksum, bool pinned) {
+  object o;
+  o.key = key;
+  o.size = size;
+  o.token = token;
+  o.replicas = std::move(replicas);
+  o.has_checksum = has_checksum;
+  o.checksum = checksum;
+  o.pinned = pinned;
+  lru_.push_back(key); // most recently used
+  o.lru = std::prev(lru_.end());
+  objects_.emplace(key, std::move(o));
+}
+
 void master_state::touch(object& o) {
   lru_.splice(lru_.end(), lru_, o.lru);
 }
@@ -234,17 +250,7 @@ void master_state::finish_commit(std::unordered_map<uint64_t, put>::iterator it,
       drop_object(old);
     }
   }
-  object o;
-  o.key = p.key;
-  o.size = p.size;
-  o.token = p.token;
-  o.replicas = std::move(kept);
-  o.has_checksum = p.has_checksum;
-  o.checksum = p.checksum;
-  o.pinned = p.pin;
-  lru_.push_back(p.key);
-  o.lru = std::prev(lru_.end());
-  objects_.emplace(p.key, std::move(o));
+  add_object(p.key, p.size, p.token, std::move(kept), p.has_checksum, p.checksum, p.pin);
   if (auto c = committing_.find(p.key); c != committing_.end() && c->second == p.id)
     committing_.erase(c);
   ++counters_.puts_ended;
@@ -412,17 +418,7 @@ caf::expected<msg::mount_reply> master_state::mount(const msg::mount_request& r,
         continue;
       }
       key_bytes_ += h.key.size();
-      object o;
-      o.key = h.key;
-      o.size = h.size;
-      o.token = h.token;
-      o.replicas.push_back(a);
-      o.has_checksum = h.has_checksum;
-      o.checksum = h.checksum;
-      o.pinned = h.pinned;
-      lru_.push_back(h.key);
-      o.lru = std::prev(lru_.end());
-      objects_.emplace(h.key, std::move(o));
+      add_object(h.key, h.size, h.token, {a}, h.has_checksum, h.checksum, h.pinned);
     }
   }
   return reply;

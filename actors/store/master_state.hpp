@@ -249,6 +249,10 @@ private:
   void evict(time_point now, uint64_t want_free);
   [[nodiscard]] uint64_t evict_target() const;
   void touch(object& o);
+  /// A visible object, most recently used.
+  void add_object(const std::string& key, uint64_t size, uint64_t token,
+                  std::vector<allocation> replicas, bool has_checksum, uint32_t checksum,
+                  bool pinned);
 
   master_config config_;
   uint64_t master_id_;
