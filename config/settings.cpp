@@ -1,12 +1,16 @@
 #include "config/settings.hpp"
 
 #include <cerrno>
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <utility>
 
 #include <boost/json.hpp>
 
@@ -178,7 +182,156 @@ std::optional<ms_field> millisecond_field(std::string_view key, settings& out) {
     return ms_field{&out.handshake_timeout, 1, day};
   if (key == "store_deadline_ms")
     return ms_field{&out.store_deadline, 1, day};
+  if (key == "rdma_completion_timeout_ms")
+    return ms_field{&out.rdma.completion_timeout, 1, 600000};
+  if (key == "rdma_nic_probe_ms")
+    return ms_field{&out.rdma.nic_probe, 1, 5000};
   return std::nullopt;
+}
+
+/// Sets `target` from a whole number in [lo, hi].
+template <class T>
+caf::error set_count(const field_ctx& c, const json::value& v, uint64_t lo, uint64_t hi,
+                     T& target) {
+  auto r = get_unsigned(c, v, lo, hi);
+  if (!r)
+    return r.error();
+  target = static_cast<T>(*r);
+  return {};
+}
+
+/// The whole-number rdma_ fields (without their prefix): where each goes and its range.
+caf::error parse_rdma_count(const field_ctx& c, std::string_view name, const json::value& v,
+                            rdma_settings& r, bool& known) {
+  known = true;
+  if (name == "emulated_devices")
+    return set_count(c, v, 1, 16, r.emulated_devices);
+  if (name == "port")
+    return set_count(c, v, 1, 255, r.port);
+  if (name == "gid_index")
+    return set_count(c, v, 0, 255, r.gid_index);
+  if (name == "qp_per_endpoint")
+    return set_count(c, v, 1, 64, r.qp_per_endpoint);
+  if (name == "max_endpoints")
+    return set_count(c, v, 1, 65536, r.max_endpoints);
+  if (name == "max_wr")
+    return set_count(c, v, 1, 16384, r.max_wr);
+  if (name == "cq_depth")
+    return set_count(c, v, 16, 1048576, r.cq_depth);
+  if (name == "nic_error_limit")
+    return set_count(c, v, 1, 1000, r.nic_error_limit);
+  known = false;
+  return {};
+}
+
+/// "cpu:N" or "cuda:N", N a whole number written without leading zeros (as the keys are looked up).
+bool valid_location(std::string_view loc) {
+  auto colon = loc.find(':');
+  if (colon == std::string_view::npos)
+    return false;
+  auto kind = loc.substr(0, colon);
+  auto n = loc.substr(colon + 1);
+  if ((kind != "cpu" && kind != "cuda") || n.empty() || n.size() > 5
+      || (n[0] == '0' && n.size() > 1))
+    return false;
+  for (char ch : n)
+    if (ch < '0' || ch > '9')
+      return false;
+  return true;
+}
+
+/// Checks a priority matrix (an object in place or a file's content); `where` names the source,
+/// the field and the file for messages.
+caf::expected<std::map<std::string, nic_priority>> check_matrix(const std::string& where,
+                                                                const json::value& v) {
+  constexpr std::string_view row_shape
+    = "an array of exactly 2 arrays of NIC names: [[preferred NICs], [fallback NICs]]";
+  auto fail = [&](const std::string& what) {
+    return make_error(errc::invalid_config, where + ": " + what);
+  };
+  if (!v.is_object())
+    return fail("value " + render(v) + " is " + kind_name(v)
+                + "; expected an object mapping \"cpu:N\" or \"cuda:N\" to "
+                + std::string(row_shape)
+                + ", e.g. {\"cpu:0\": [[\"mlx5_0\"], [\"mlx5_1\"]]}");
+  std::map<std::string, nic_priority> out;
+  for (const auto& [key, row] : v.get_object()) {
+    auto at = "location " + quote(key) + ": ";
+    if (!valid_location(key))
+      return fail("location " + quote(key) + " is not a memory location; expected \"cpu:N\" or "
+                  "\"cuda:N\" (N a whole number without leading zeros)");
+    if (!row.is_array() || row.get_array().size() != 2)
+      return fail(at + "value " + render(row) + " is "
+                  + (row.is_array() ? "an array of " + std::to_string(row.get_array().size())
+                                        + (row.get_array().size() == 1 ? " element" : " elements")
+                                    : std::string(kind_name(row)))
+                  + "; expected " + std::string(row_shape));
+    nic_priority p;
+    for (size_t i = 0; i < 2; ++i) {
+      const auto& list = row.get_array()[i];
+      std::string which = i == 0 ? "preferred" : "fallback";
+      if (!list.is_array())
+        return fail(at + which + " list " + render(list) + " is " + kind_name(list)
+                    + "; expected an array of NIC names such as [\"mlx5_0\"]");
+      for (const auto& nic : list.get_array()) {
+        if (!nic.is_string() || nic.get_string().empty())
+          return fail(at + which + " NIC " + render(nic) + " is "
+                      + (nic.is_string() ? "an empty string" : kind_name(nic))
+                      + "; expected a NIC name such as \"mlx5_0\"");
+        std::string name(nic.get_string());
+        auto listed = [&](const std::vector<std::string>& l) {
+          return std::find(l.begin(), l.end(), name) != l.end();
+        };
+        if (listed(p.preferred) || listed(p.fallback))
+          return fail(at + "NIC " + quote(name) + " is listed "
+                      + (listed(p.preferred) && i == 1 ? "as both preferred and fallback"
+                                                       : "twice in the " + which + " list")
+                      + "; expected each NIC at most once per location");
+        (i == 0 ? p.preferred : p.fallback).push_back(std::move(name));
+      }
+    }
+    out[std::string(key)] = std::move(p);
+  }
+  return out;
+}
+
+/// nic_priority_matrix: the object in place, or a string naming a JSON file that holds it (a
+/// relative path starts at the configuration file's directory).
+caf::expected<std::map<std::string, nic_priority>> parse_matrix(const field_ctx& c,
+                                                                const json::value& v) {
+  auto where = std::string(c.source) + ": field " + quote(c.field);
+  if (v.is_object())
+    return check_matrix(where, v);
+  if (!v.is_string())
+    return c.fail(v, "an object such as {\"cpu:0\": [[\"mlx5_0\"], [\"mlx5_1\"]]} or a string "
+                     "naming a JSON file that holds one");
+  std::filesystem::path path(std::string(v.get_string()));
+  if (path.empty())
+    return c.fail_text("", "is empty; expected the path of a JSON file holding the matrix");
+  if (path.is_relative())
+    path = std::filesystem::path(std::string(c.source)).parent_path() / path;
+  where += " (file " + quote(path.string()) + ")";
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return make_error(errc::invalid_config, where + ": cannot open: " + std::strerror(errno)
+                                              + "; expected a JSON file holding the NIC priority "
+                                                "matrix");
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  auto text = buf.str();
+  json::stream_parser parser;
+  boost::system::error_code ec;
+  size_t used = parser.write_some(text.data(), text.size(), ec);
+  if (!ec)
+    parser.finish(ec);
+  if (ec) {
+    auto [line, col] = line_and_column(text, used);
+    return make_error(errc::invalid_config,
+                      where + ": malformed JSON at line " + std::to_string(line) + ", column "
+                        + std::to_string(col) + ": " + ec.message()
+                        + "; expected one JSON object such as {\"cpu:0\": [[\"mlx5_0\"], []]}");
+  }
+  return check_matrix(where, parser.release());
 }
 
 caf::error parse_kvferry_object(std::string_view source, const json::object& obj,
@@ -237,6 +390,36 @@ caf::error parse_kvferry_object(std::string_view source, const json::object& obj
       if (!r)
         return r.error();
       (key == "rpc_port" ? out.rpc_port : out.data_port) = static_cast<uint16_t>(*r);
+    } else if (key == "rdma_provider") {
+      auto r = get_string(c, value, "a string: \"verbs\" or \"emulated\"");
+      if (!r)
+        return r.error();
+      if (*r == "verbs")
+        out.rdma.provider = rdma_provider_kind::verbs;
+      else if (*r == "emulated")
+        out.rdma.provider = rdma_provider_kind::emulated;
+      else
+        return c.fail_text(*r, "is not an RDMA provider; expected \"verbs\" (libibverbs) or "
+                               "\"emulated\" (software NICs, for machines without RDMA hardware)");
+    } else if (key == "rdma_mtu") {
+      auto r = get_unsigned(c, value, 256, 4096);
+      if (!r)
+        return r.error();
+      if ((*r & (*r - 1)) != 0)
+        return c.fail_text(render(value), "is not an MTU; expected one of 256, 512, 1024, 2048, "
+                                          "4096");
+      out.rdma.mtu = static_cast<uint32_t>(*r);
+    } else if (key == "nic_priority_matrix") {
+      auto r = parse_matrix(c, value);
+      if (!r)
+        return r.error();
+      out.rdma.nic_priority_matrix = std::move(*r);
+    } else if (bool known = false; key.starts_with("rdma_")) {
+      if (auto err = parse_rdma_count(c, key.substr(5), value, out.rdma, known))
+        return err;
+      if (!known)
+        out.warnings.push_back(std::string(source) + ": unknown field " + quote(c.field)
+                               + " ignored");
     } else if (key == "log_level") {
       auto r = get_string(c, value, "one of trace, debug, info, warn, error, critical, off");
       if (!r)
@@ -268,6 +451,36 @@ std::vector<std::string> unused_fields(const settings& s, bool store_client) {
                            "not used");
   if (!s.device_names.empty() && s.transport == protocol::rdma)
     out.push_back(source + ": device_name is parsed, but this version has no RDMA data path");
+  if (s.transport != protocol::rdma && s.rdma != rdma_settings{}) {
+    const rdma_settings d;
+    const auto& r = s.rdma;
+    std::string names;
+    auto note = [&](bool set, const char* name) {
+      if (set)
+        names += (names.empty() ? "" : ", ") + std::string(name);
+    };
+    note(r.provider != d.provider, "rdma_provider");
+    note(r.emulated_devices != d.emulated_devices, "rdma_emulated_devices");
+    note(r.port != d.port, "rdma_port");
+    note(r.gid_index != d.gid_index, "rdma_gid_index");
+    note(r.qp_per_endpoint != d.qp_per_endpoint, "rdma_qp_per_endpoint");
+    note(r.max_endpoints != d.max_endpoints, "rdma_max_endpoints");
+    note(r.max_wr != d.max_wr, "rdma_max_wr");
+    note(r.cq_depth != d.cq_depth, "rdma_cq_depth");
+    note(r.mtu != d.mtu, "rdma_mtu");
+    note(r.completion_timeout != d.completion_timeout, "rdma_completion_timeout_ms");
+    note(r.nic_error_limit != d.nic_error_limit, "rdma_nic_error_limit");
+    note(r.nic_probe != d.nic_probe, "rdma_nic_probe_ms");
+    note(r.nic_priority_matrix != d.nic_priority_matrix, "nic_priority_matrix");
+    bool one = names.find(',') == std::string::npos;
+    out.push_back(source + (one ? ": kvferry field " : ": kvferry fields ") + names
+                  + (one ? " is set, but protocol is tcp: it is not used"
+                         : " are set, but protocol is tcp: they are not used"));
+  } else if (s.rdma.provider == rdma_provider_kind::verbs
+             && s.rdma.emulated_devices != rdma_settings{}.emulated_devices) {
+    out.push_back(source + ": kvferry.rdma_emulated_devices is set, but rdma_provider is verbs: "
+                           "it is not used");
+  }
   if (!store_client && !s.master_server_address.empty())
     out.push_back(source + ": master_server_address is set, but this program is not a store "
                            "client: it is not used");
@@ -279,6 +492,10 @@ std::vector<std::string> unused_fields(const settings& s, bool store_client) {
 
 const char* to_string(protocol p) noexcept {
   return p == protocol::rdma ? "rdma" : "tcp";
+}
+
+const char* to_string(rdma_provider_kind k) noexcept {
+  return k == rdma_provider_kind::emulated ? "emulated" : "verbs";
 }
 
 const char* to_string(metadata_kind k) noexcept {

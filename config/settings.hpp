@@ -21,14 +21,27 @@
 ///     "max_connections": 1024, "max_connections_per_host": 1024, "handshake_timeout_ms": 10000,
 ///     "peer_max_queued_messages": 256, "peer_max_queued_bytes": "64MiB",
 ///     "reply_budget": "256MiB", "notify_inbox_messages": 4096, "notify_inbox_bytes": "16MiB",
-///     "store_deadline_ms": 10000
+///     "store_deadline_ms": 10000,
+///     // RDMA (protocol "rdma"):
+///     "rdma_provider": "verbs",                 // verbs (libibverbs) | emulated (software NICs)
+///     "rdma_emulated_devices": 2,               // NICs the emulated provider lists (1-16)
+///     "rdma_port": 1, "rdma_gid_index": 0,      // gid index: Mooncake's MC_GID_INDEX
+///     "rdma_qp_per_endpoint": 2, "rdma_max_endpoints": 256, "rdma_max_wr": 256,
+///     "rdma_cq_depth": 4096, "rdma_mtu": 4096,  // 256 | 512 | 1024 | 2048 | 4096 (upper bound)
+///     "rdma_completion_timeout_ms": 2000, "rdma_nic_error_limit": 3, "rdma_nic_probe_ms": 100,
+///     "nic_priority_matrix": {"cpu:0": [["mlx5_0"], ["mlx5_1"]], "cuda:0": [["mlx5_1"], []]}
+///                                               // or "matrix.json", a file holding that object;
+///                                               //   absent = discovered from sysfs
 ///   }
 /// }
 /// Size strings: a decimal number with an optional unit B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB,
 /// all powers of 1024 (as Mooncake's users read "4GB"); spaces and fractions ("1.5 GB") are allowed.
+/// nic_priority_matrix as a string names a file; a relative path starts at the configuration
+/// file's directory.
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -59,6 +72,55 @@ struct metadata_server {
   std::vector<std::string> endpoints;
   /// The text as the user wrote it, for messages.
   std::string text = "P2PHANDSHAKE";
+};
+
+/// Which RDMA provider the RDMA data path opens.
+enum class rdma_provider_kind : uint8_t {
+  /// libibverbs: the NICs the kernel exposes.
+  verbs,
+  /// kvferry's software NIC, for machines without RDMA hardware (tests, demos); never fast.
+  emulated,
+};
+
+/// One row of Mooncake's NIC priority matrix: the NICs that serve a memory location.
+struct nic_priority {
+  /// NICs close to the location (same NUMA node or PCIe switch), tried first.
+  std::vector<std::string> preferred;
+  /// NICs used when no preferred one is available.
+  std::vector<std::string> fallback;
+  bool operator==(const nic_priority&) const = default;
+};
+
+/// The RDMA data path's settings ("kvferry" object, fields prefixed rdma_).
+struct rdma_settings {
+  rdma_provider_kind provider = rdma_provider_kind::verbs;
+  /// How many NICs the emulated provider lists (emu_rdma0 ...).
+  uint32_t emulated_devices = 2;
+  /// The port of each NIC used (ports are numbered from 1, as in verbs).
+  uint8_t port = 1;
+  /// GID table index of that port (RoCE needs the right one; Mooncake reads MC_GID_INDEX).
+  uint8_t gid_index = 0;
+  /// Queue pairs per connection to one remote NIC; slices spread over them.
+  uint32_t qp_per_endpoint = 2;
+  /// Connections (endpoints) kept per local NIC; beyond it the one idle the longest is closed.
+  uint32_t max_endpoints = 256;
+  /// Outstanding work requests per queue pair.
+  uint32_t max_wr = 256;
+  /// Entries of each NIC's completion queue.
+  uint32_t cq_depth = 4096;
+  /// Upper bound of the path MTU in bytes; the path uses the smallest of this and both sides'
+  /// active MTUs.
+  uint32_t mtu = 4096;
+  /// A work request unanswered this long moves its queue pair to ERROR; its slice is retried
+  /// elsewhere.
+  std::chrono::milliseconds completion_timeout{2000};
+  /// Consecutive failed completions on a NIC before it is paused and probed.
+  uint32_t nic_error_limit = 3;
+  /// A paused NIC's first pause; each failed probe doubles it, up to 5 s.
+  std::chrono::milliseconds nic_probe{100};
+  /// Location ("cpu:N", "cuda:N") -> NICs; empty means discovered from sysfs at start.
+  std::map<std::string, nic_priority> nic_priority_matrix;
+  bool operator==(const rdma_settings&) const = default;
 };
 
 struct settings {
@@ -129,6 +191,9 @@ struct settings {
   /// its result, or an error naming what did not answer.
   std::chrono::milliseconds store_deadline{10000};
 
+  // -- RDMA ------------------------------------------------------------------------------------
+  rdma_settings rdma;
+
   /// Fields the parser did not know, each as a ready-to-log warning.
   std::vector<std::string> warnings;
 };
@@ -153,12 +218,14 @@ struct settings {
 [[nodiscard]] caf::expected<metadata_server> parse_metadata_server(std::string_view text,
                                                                    std::string_view what);
 
-/// Fields that were set but that this program does not use (device_name without RDMA;
-/// master_server_address and local_buffer_size outside a store client), each as a ready-to-log
+/// Fields that were set but that this program does not use (device_name and the rdma_ fields
+/// without RDMA; rdma_emulated_devices with the verbs provider; master_server_address and
+/// local_buffer_size outside a store client), each as a ready-to-log
 /// sentence.
 [[nodiscard]] std::vector<std::string> unused_fields(const settings& s, bool store_client = false);
 
 [[nodiscard]] const char* to_string(protocol p) noexcept;
 [[nodiscard]] const char* to_string(metadata_kind k) noexcept;
+[[nodiscard]] const char* to_string(rdma_provider_kind k) noexcept;
 
 } // namespace kvferry::config

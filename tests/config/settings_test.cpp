@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "tests/support/checks.hpp"
 #include "config/error.hpp"
@@ -537,6 +538,200 @@ BOOST_AUTO_TEST_CASE(kvferry_values_out_of_range) {
     auto r = config::parse(doc(std::string(R"("kvferry":{)") + std::string(c.member) + "}"), "kv.json");
     BOOST_TEST_CONTEXT("member " << c.member) {
       expect_config_error(r, {"kv.json", c.field, c.value, "expected"});
+    }
+  }
+}
+
+// -- RDMA ----------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(rdma_defaults) {
+  const config::rdma_settings r = settings{}.rdma;
+  BOOST_CHECK(r.provider == config::rdma_provider_kind::verbs);
+  BOOST_CHECK_EQUAL(r.emulated_devices, 2u);
+  BOOST_CHECK_EQUAL(int{r.port}, 1);
+  BOOST_CHECK_EQUAL(int{r.gid_index}, 0);
+  BOOST_CHECK_EQUAL(r.qp_per_endpoint, 2u);
+  BOOST_CHECK_EQUAL(r.max_endpoints, 256u);
+  BOOST_CHECK_EQUAL(r.max_wr, 256u);
+  BOOST_CHECK_EQUAL(r.cq_depth, 4096u);
+  BOOST_CHECK_EQUAL(r.mtu, 4096u);
+  BOOST_CHECK_EQUAL(r.completion_timeout.count(), 2000);
+  BOOST_CHECK_EQUAL(r.nic_error_limit, 3u);
+  BOOST_CHECK_EQUAL(r.nic_probe.count(), 100);
+  BOOST_CHECK(r.nic_priority_matrix.empty());
+  // The Mooncake example sets none of them.
+  auto m = config::parse(mooncake_example, "mooncake.json");
+  BOOST_REQUIRE_MESSAGE(m, why(m));
+  BOOST_CHECK(m->rdma == r);
+  BOOST_CHECK_EQUAL(config::to_string(r.provider), std::string("verbs"));
+}
+
+BOOST_AUTO_TEST_CASE(rdma_fields_parse) {
+  auto r = config::parse(
+    doc(R"("protocol":"rdma","kvferry":{"rdma_provider":"emulated","rdma_emulated_devices":16,)"
+        R"("rdma_port":2,"rdma_gid_index":3,"rdma_qp_per_endpoint":64,"rdma_max_endpoints":65536,)"
+        R"("rdma_max_wr":16384,"rdma_cq_depth":16,"rdma_mtu":1024,)"
+        R"("rdma_completion_timeout_ms":600000,"rdma_nic_error_limit":5,)"
+        R"("rdma_nic_probe_ms":5000})"),
+    "rdma.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  const auto& x = r->rdma;
+  BOOST_CHECK(x.provider == config::rdma_provider_kind::emulated);
+  BOOST_CHECK_EQUAL(config::to_string(x.provider), std::string("emulated"));
+  BOOST_CHECK_EQUAL(x.emulated_devices, 16u);
+  BOOST_CHECK_EQUAL(int{x.port}, 2);
+  BOOST_CHECK_EQUAL(int{x.gid_index}, 3);
+  BOOST_CHECK_EQUAL(x.qp_per_endpoint, 64u);
+  BOOST_CHECK_EQUAL(x.max_endpoints, 65536u);
+  BOOST_CHECK_EQUAL(x.max_wr, 16384u);
+  BOOST_CHECK_EQUAL(x.cq_depth, 16u);
+  BOOST_CHECK_EQUAL(x.mtu, 1024u);
+  BOOST_CHECK_EQUAL(x.completion_timeout.count(), 600000);
+  BOOST_CHECK_EQUAL(x.nic_error_limit, 5u);
+  BOOST_CHECK_EQUAL(x.nic_probe.count(), 5000);
+  BOOST_CHECK(r->warnings.empty());
+  BOOST_CHECK(config::unused_fields(*r).empty());
+  for (unsigned mtu : {256u, 512u, 2048u, 4096u}) {
+    auto m = config::parse(doc(R"("kvferry":{"rdma_mtu":)" + std::to_string(mtu) + "}"), "m.json");
+    BOOST_REQUIRE_MESSAGE(m, why(m));
+    BOOST_CHECK_EQUAL(m->rdma.mtu, mtu);
+  }
+  auto unknown = config::parse(doc(R"("kvferry":{"rdma_speed":9})"), "u.json");
+  BOOST_REQUIRE_MESSAGE(unknown, why(unknown));
+  BOOST_REQUIRE_EQUAL(unknown->warnings.size(), 1u);
+  BOOST_CHECK_MESSAGE(contains(unknown->warnings[0], "'kvferry.rdma_speed'"), unknown->warnings[0]);
+}
+
+BOOST_AUTO_TEST_CASE(rdma_values_rejected) {
+  struct { std::string_view member; std::string_view field; std::string_view value;
+           std::string_view expectation; } cases[] = {
+    {R"("rdma_provider":"ucx")", "'kvferry.rdma_provider'", "'ucx'", "\"emulated\""},
+    {R"("rdma_provider":1)", "'kvferry.rdma_provider'", "1", "\"verbs\""},
+    {R"("rdma_emulated_devices":0)", "'kvferry.rdma_emulated_devices'", "0", "from 1 to 16"},
+    {R"("rdma_emulated_devices":17)", "'kvferry.rdma_emulated_devices'", "17", "from 1 to 16"},
+    {R"("rdma_port":0)", "'kvferry.rdma_port'", "0", "from 1 to 255"},
+    {R"("rdma_port":256)", "'kvferry.rdma_port'", "256", "from 1 to 255"},
+    {R"("rdma_gid_index":-1)", "'kvferry.rdma_gid_index'", "-1", "from 0 to 255"},
+    {R"("rdma_gid_index":"3")", "'kvferry.rdma_gid_index'", "\"3\"", "from 0 to 255"},
+    {R"("rdma_qp_per_endpoint":65)", "'kvferry.rdma_qp_per_endpoint'", "65", "from 1 to 64"},
+    {R"("rdma_max_endpoints":0)", "'kvferry.rdma_max_endpoints'", "0", "from 1 to 65536"},
+    {R"("rdma_max_wr":16385)", "'kvferry.rdma_max_wr'", "16385", "from 1 to 16384"},
+    {R"("rdma_cq_depth":15)", "'kvferry.rdma_cq_depth'", "15", "from 16 to 1048576"},
+    {R"("rdma_cq_depth":1048577)", "'kvferry.rdma_cq_depth'", "1048577", "from 16 to 1048576"},
+    {R"("rdma_mtu":1500)", "'kvferry.rdma_mtu'", "1500", "256, 512, 1024, 2048, 4096"},
+    {R"("rdma_mtu":9000)", "'kvferry.rdma_mtu'", "9000", "from 256 to 4096"},
+    {R"("rdma_completion_timeout_ms":0)", "'kvferry.rdma_completion_timeout_ms'", "0",
+     "from 1 to 600000"},
+    {R"("rdma_nic_error_limit":0)", "'kvferry.rdma_nic_error_limit'", "0", "from 1 to 1000"},
+    {R"("rdma_nic_probe_ms":5001)", "'kvferry.rdma_nic_probe_ms'", "5001", "from 1 to 5000"},
+    {R"("nic_priority_matrix":7)", "'kvferry.nic_priority_matrix'", "7", "a string naming"},
+  };
+  for (const auto& c : cases) {
+    auto r = config::parse(doc(std::string(R"("kvferry":{)") + std::string(c.member) + "}"),
+                           "kv.json");
+    BOOST_TEST_CONTEXT("member " << c.member) {
+      expect_config_error(r, {"kv.json", c.field, c.value, "expected", c.expectation});
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(rdma_fields_without_rdma_are_named) {
+  auto r = config::parse(
+    doc(R"("kvferry":{"rdma_port":2,"nic_priority_matrix":{"cpu:0":[[],[]]}})"), "kv.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  auto lines = config::unused_fields(*r);
+  BOOST_REQUIRE_EQUAL(lines.size(), 1u);
+  for (auto part : {"kv.json", "rdma_port", "nic_priority_matrix", "protocol is tcp", "not used"})
+    BOOST_CHECK_MESSAGE(contains(lines[0], part), lines[0] << " lacks " << part);
+  auto emu
+    = config::parse(doc(R"("protocol":"rdma","kvferry":{"rdma_emulated_devices":4})"), "e.json");
+  BOOST_REQUIRE_MESSAGE(emu, why(emu));
+  auto emu_lines = config::unused_fields(*emu);
+  bool named = false;
+  for (const auto& l : emu_lines)
+    named = named || (contains(l, "rdma_emulated_devices") && contains(l, "verbs"));
+  BOOST_CHECK(named);
+}
+
+BOOST_AUTO_TEST_CASE(nic_priority_matrix_in_place) {
+  auto r = config::parse(
+    doc(R"("protocol":"rdma","kvferry":{"nic_priority_matrix":)"
+        R"({"cpu:0":[["mlx5_0"],["mlx5_1"]],"cuda:0":[["mlx5_1"],[]],"cuda:12":[[],["a","b"]]}})"),
+    "m.json");
+  BOOST_REQUIRE_MESSAGE(r, why(r));
+  const auto& m = r->rdma.nic_priority_matrix;
+  BOOST_REQUIRE_EQUAL(m.size(), 3u);
+  using list = std::vector<std::string>;
+  BOOST_CHECK(m.at("cpu:0").preferred == list{"mlx5_0"});
+  BOOST_CHECK(m.at("cpu:0").fallback == list{"mlx5_1"});
+  BOOST_CHECK(m.at("cuda:0").preferred == list{"mlx5_1"});
+  BOOST_CHECK(m.at("cuda:0").fallback.empty());
+  BOOST_CHECK(m.at("cuda:12").preferred.empty());
+  BOOST_CHECK((m.at("cuda:12").fallback == list{"a", "b"}));
+  auto empty = config::parse(doc(R"("kvferry":{"nic_priority_matrix":{}})"), "m.json");
+  BOOST_REQUIRE_MESSAGE(empty, why(empty));
+  BOOST_CHECK(empty->rdma.nic_priority_matrix.empty());
+}
+
+BOOST_AUTO_TEST_CASE(nic_priority_matrix_from_a_file) {
+  temp_dir dir;
+  auto matrix = dir.write("topology.json", R"({"cpu:1": [["mlx5_1", "mlx5_3"], ["mlx5_0"]]})");
+  // An absolute path, and a path relative to the configuration file's directory.
+  auto absolute = config::parse(doc(R"("kvferry":{"nic_priority_matrix":")" + matrix + R"("})"),
+                                "abs.json");
+  BOOST_REQUIRE_MESSAGE(absolute, why(absolute));
+  auto config_path = dir.write("config.json",
+                               doc(R"("kvferry":{"nic_priority_matrix":"topology.json"})"));
+  auto relative = config::load_file(config_path);
+  BOOST_REQUIRE_MESSAGE(relative, why(relative));
+  for (const auto* s : {&*absolute, &*relative}) {
+    const auto& m = s->rdma.nic_priority_matrix;
+    BOOST_REQUIRE_EQUAL(m.size(), 1u);
+    BOOST_CHECK((m.at("cpu:1").preferred == std::vector<std::string>{"mlx5_1", "mlx5_3"}));
+    BOOST_CHECK(m.at("cpu:1").fallback == std::vector<std::string>{"mlx5_0"});
+  }
+  // A missing file and a malformed one name the configuration, the field and the file.
+  expect_config_error(config::load_file(dir.write("missing.json",
+                        doc(R"("kvferry":{"nic_priority_matrix":"nowhere.json"})"))),
+                      {"missing.json", "'kvferry.nic_priority_matrix'", "nowhere.json",
+                       "cannot open", "expected a JSON file"});
+  dir.write("broken.json", "{\"cpu:0\": [[\"mlx5_0\"],\n [}");
+  expect_config_error(config::load_file(dir.write("uses-broken.json",
+                        doc(R"("kvferry":{"nic_priority_matrix":"broken.json"})"))),
+                      {"uses-broken.json", "'kvferry.nic_priority_matrix'", "broken.json",
+                       "line 2", "expected one JSON object"});
+  dir.write("bad-row.json", R"({"cpu:0": [["mlx5_0"]]})");
+  expect_config_error(config::load_file(dir.write("uses-bad-row.json",
+                        doc(R"("kvferry":{"nic_priority_matrix":"bad-row.json"})"))),
+                      {"uses-bad-row.json", "bad-row.json", "location 'cpu:0'",
+                       "an array of 1 element;", "exactly 2 arrays"});
+  expect_config_error(config::parse(doc(R"("kvferry":{"nic_priority_matrix":""})"), "e.json"),
+                      {"e.json", "'kvferry.nic_priority_matrix'", "is empty", "expected"});
+}
+
+BOOST_AUTO_TEST_CASE(nic_priority_matrix_rejects) {
+  struct { std::string_view matrix; std::string_view part1; std::string_view part2; } cases[] = {
+    {R"([["mlx5_0"],[]])", "is an array", "expected an object such as"},
+    {R"({"gpu:0":[["mlx5_0"],[]]})", "location 'gpu:0'", "expected \"cpu:N\" or \"cuda:N\""},
+    {R"({"cpu":[["mlx5_0"],[]]})", "location 'cpu'", "expected \"cpu:N\""},
+    {R"({"cpu:01":[["mlx5_0"],[]]})", "location 'cpu:01'", "without leading zeros"},
+    {R"({"cuda:x":[["mlx5_0"],[]]})", "location 'cuda:x'", "expected"},
+    {R"({"cpu:0":["mlx5_0"]})", "location 'cpu:0'", "exactly 2 arrays"},
+    {R"({"cpu:0":[[],[],[]]})", "an array of 3 elements", "exactly 2 arrays"},
+    {R"({"cpu:0":{"a":1}})", "is an object", "exactly 2 arrays"},
+    {R"({"cpu:0":["mlx5_0",[]]})", "preferred list \"mlx5_0\" is a string", "array of NIC names"},
+    {R"({"cpu:0":[[],[""]]})", "fallback NIC \"\" is an empty string", "a NIC name"},
+    {R"({"cpu:0":[[3],[]]})", "preferred NIC 3 is a number", "a NIC name"},
+    {R"({"cpu:0":[["mlx5_0"],["mlx5_0"]]})", "'mlx5_0' is listed as both preferred and fallback",
+     "at most once per location"},
+    {R"({"cpu:0":[["mlx5_0","mlx5_0"],[]]})", "listed twice in the preferred list",
+     "at most once"},
+  };
+  for (const auto& c : cases) {
+    auto r = config::parse(
+      doc(R"("kvferry":{"nic_priority_matrix":)" + std::string(c.matrix) + "}"), "bad.json");
+    BOOST_TEST_CONTEXT("matrix " << c.matrix) {
+      expect_config_error(r, {"bad.json", "'kvferry.nic_priority_matrix'", c.part1, c.part2});
     }
   }
 }
