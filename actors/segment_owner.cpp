@@ -31,7 +31,8 @@ memory::segment_descriptor describe_segment(const owner_state& st) {
   auto table = st.registry->snapshot();
   out.regions.reserve(table->size());
   for (const auto& r : table->regions())
-    out.regions.push_back(memory::region_descriptor{r.base, r.length, to_string(r.where), 0});
+    out.regions.push_back(
+      memory::region_descriptor{r.base, r.length, to_string(r.where), 0, r.rdma_keys});
   return out;
 }
 
@@ -72,8 +73,9 @@ segment_owner_actor::behavior_type owner_impl(segment_owner_actor::stateful_poin
     },
     [self](attach_atom, memory::transport_endpoint& ep) {
       auto& eps = self->state.endpoints;
+      // One endpoint per kind, except "rdma": one per NIC, told apart by address.
       for (auto& existing : eps) {
-        if (existing.kind == ep.kind) {
+        if (existing.kind == ep.kind && (ep.kind != "rdma" || existing.address == ep.address)) {
           existing = std::move(ep);
           return;
         }

@@ -676,9 +676,20 @@ void refresh_eligibility(coordinator_state& st, segment_entry& seg) {
   // eligible workers, else the default.
   uint64_t size = 0;
   bool all_configured = true;
+  // The preferred kind among those both the descriptor and some worker offer.
+  std::string preferred;
+  for (const auto& kind : st.settings.endpoint_preference) {
+    bool served = seg.descriptor.endpoint(kind) != nullptr
+                  && std::any_of(st.workers.begin(), st.workers.end(),
+                                 [&](const worker_entry& w) { return w.endpoint_kind == kind; });
+    if (served) {
+      preferred = kind;
+      break;
+    }
+  }
   for (uint32_t w = 0; w < st.workers.size(); ++w) {
     const auto& kind = st.workers[w].endpoint_kind;
-    if (seg.descriptor.endpoint(kind) == nullptr)
+    if (seg.descriptor.endpoint(kind) == nullptr || (!preferred.empty() && kind != preferred))
       continue;
     seg.workers.push_back(w);
     auto it = st.settings.endpoint_slice_size.find(kind);

@@ -147,6 +147,10 @@ struct coordinator_settings {
   uint64_t slice_size = 64 << 10;
   /// Slice size for segments reached only through workers of these endpoint kinds (e.g. "tcp").
   std::map<std::string, uint64_t> endpoint_slice_size;
+  /// Endpoint kinds in order of preference (e.g. {"local", "rdma", "tcp"}): a segment is served by
+  /// the workers of the first kind its descriptor offers. Empty: every worker whose kind it
+  /// offers.
+  std::vector<std::string> endpoint_preference;
   uint32_t retry_limit = 3;
   /// Backoff before the first retry of a slice (0: retry at once); doubles per attempt up to
   /// retry_backoff_max, the actual delay drawn between half and all of it.

@@ -11,6 +11,7 @@
 #include "config/log.hpp"
 #include "memory/device.hpp"
 #include "transport/local/path.hpp"
+#include "transport/rdma/topology.hpp"
 #include "transport/tcp/path.hpp"
 
 namespace kvferry {
@@ -100,7 +101,67 @@ transfer_engine::create(std::shared_ptr<runtime> rt, const config::settings& set
   return engine;
 }
 
+caf::error transfer_engine::start_rdma() {
+  namespace rdma = transport::rdma;
+  const auto& rs = settings_.rdma;
+  bool emulated = rs.provider == config::rdma_provider_kind::emulated;
+  if (emulated) {
+    auto loaded = rdma::load_emulated_provider(rs.emulated_devices);
+    if (!loaded)
+      return loaded.error();
+    verbs_ = std::move(*loaded);
+  } else {
+    verbs_ = rdma::make_verbs_provider();
+  }
+  auto present = verbs_->devices();
+  if (!present)
+    return present.error();
+  auto nics = rdma::select_nics(*present, settings_.device_names);
+  if (!nics)
+    return make_error(errc::not_supported,
+                      std::string("\"protocol\": \"rdma\"") + (emulated ? " (emulated)" : "")
+                        + ": " + context_of(nics.error()));
+  uint32_t ordinal = 0;
+  for (const auto& nic : *nics) {
+    rdma::path_options po;
+    po.ordinal = ordinal++;
+    po.port = rs.port;
+    po.gid_index = rs.gid_index;
+    po.qp_per_endpoint = rs.qp_per_endpoint;
+    po.max_endpoints = rs.max_endpoints;
+    po.max_wr = rs.max_wr;
+    po.cq_depth = static_cast<int>(rs.cq_depth);
+    po.max_mtu = rs.mtu >= 4096 ? IBV_MTU_4096
+                 : rs.mtu >= 2048 ? IBV_MTU_2048
+                 : rs.mtu >= 1024 ? IBV_MTU_1024
+                 : rs.mtu >= 512  ? IBV_MTU_512
+                                  : IBV_MTU_256;
+    po.completion_timeout = rs.completion_timeout;
+    po.nic_error_limit = rs.nic_error_limit;
+    po.probe_first = rs.nic_probe;
+    auto timeout = settings_.open_timeout;
+    po.send_handshake = [this, timeout](const std::string& host, uint16_t port,
+                                        std::vector<uint8_t> request, auto done) {
+      auto client = control_client_;
+      if (!client) {
+        done(make_error(errc::shutting_down, "the engine's control client is stopped"));
+        return;
+      }
+      client->call(host, port, rdma::handshake_method, std::move(request), timeout,
+                   std::move(done));
+    };
+    auto path = rdma::rdma_path::open(verbs_, nic, registry_, std::move(po));
+    if (!path)
+      return path.error();
+    rdma_paths_.push_back(std::move(*path));
+  }
+  return {};
+}
+
 caf::error transfer_engine::start_network(caf::actor_system& sys) {
+  if (settings_.transport == config::protocol::rdma)
+    if (auto err = start_rdma())
+      return err;
   // Control plane: peers ask this segment's public face (describe, notify) on the rpc port,
   // through kvferry's own bounded ZMTP server (docs/ARCHITECTURE.md, "Network surface").
   transport::control::server_options co;
@@ -122,6 +183,30 @@ caf::error transfer_engine::start_network(caf::actor_system& sys) {
                    },
                    notify_atom::value, std::move(from), std::move(text));
   };
+  // RDMA handshakes from peers' NICs, to the NIC they name.
+  answer.call = [nics = rdma_paths_](uint16_t method, std::vector<uint8_t> payload, auto done) {
+    if (method != transport::rdma::handshake_method) {
+      done(make_error(errc::not_supported,
+                      "this node answers no call of method " + std::to_string(method)));
+      return;
+    }
+    auto req = transport::rdma::decode_request(payload);
+    if (!req) {
+      log::warn("refused an RDMA handshake: {}", describe(req.error()));
+      done(req.error());
+      return;
+    }
+    for (const auto& nic : nics)
+      if (nic->nic() == req->target_nic) {
+        auto reply = nic->accept(*req);
+        done(reply ? caf::expected<std::vector<uint8_t>>(transport::rdma::encode(*reply))
+                   : caf::expected<std::vector<uint8_t>>(reply.error()));
+        return;
+      }
+    done(make_error(nics.empty() ? errc::not_supported : errc::invalid_argument,
+                    nics.empty() ? std::string("this node does not use RDMA")
+                                 : "this node has no RDMA NIC '" + req->target_nic + "'"));
+  };
   auto control = transport::control::server::start(co, std::move(answer));
   if (!control)
     return make_error(errc::transport_failure,
@@ -137,11 +222,13 @@ caf::error transfer_engine::start_network(caf::actor_system& sys) {
   if (!client)
     return client.error();
   control_client_ = std::move(*client);
-  if (settings_.transport != config::protocol::tcp)
-    return make_error(errc::not_supported,
-                      std::string("protocol '") + config::to_string(settings_.transport)
-                        + "': this version has no RDMA data path (kvferry moves bytes between "
-                          "nodes over TCP only); use \"protocol\": \"tcp\"");
+  for (const auto& nic : rdma_paths_) {
+    nic->set_self_name(name_);
+    caf::anon_send(owner_, attach_atom::value,
+                   memory::transport_endpoint{"rdma", settings_.local_hostname + ":"
+                                                        + std::to_string(rpc_port_) + "/"
+                                                        + nic->nic()});
+  }
   // Data plane: kvferry's ZMTP server serves this segment's memory to peers.
   auto context = transport::make_zmq_context(1);
   if (!context)
@@ -173,6 +260,9 @@ caf::error transfer_engine::start() {
   // A failed start undoes only what it did (never another engine's directory entries) and
   // leaves the engine stopped, so the destructor has nothing to stop.
   auto fail = [&](caf::error err) {
+    for (auto& nic : rdma_paths_)
+      nic->stop();
+    rdma_paths_.clear();
     if (server_)
       server_->stop();
     if (control_server_)
@@ -200,6 +290,7 @@ caf::error transfer_engine::start() {
   coordinator_settings cs;
   cs.slice_size = settings_.slice_size;
   cs.endpoint_slice_size["tcp"] = settings_.tcp_slice_size;
+  cs.endpoint_preference = {"local", "rdma", "tcp"};
   cs.retry_limit = settings_.retry_limit;
   cs.retry_backoff = settings_.retry_backoff;
   cs.retry_backoff_max = settings_.retry_backoff_max;
@@ -212,6 +303,9 @@ caf::error transfer_engine::start() {
     // Same-process segments: memcpy workers. Peers in other processes: TCP workers.
     for (uint32_t i = 0; i < settings_.worker_count; ++i)
       paths_.push_back(std::make_shared<transport::local_path>(runtime_->directory(), registry_));
+    // One worker per RDMA NIC; TCP workers stay for peers (or regions) without RDMA.
+    for (auto& nic : rdma_paths_)
+      paths_.push_back(nic);
     if (zmq_context_)
       for (uint32_t i = 0; i < settings_.tcp_worker_count; ++i)
         paths_.push_back(std::make_shared<transport::tcp_path>(zmq_context_, registry_));
@@ -227,6 +321,21 @@ caf::error transfer_engine::start() {
     log::warn("{}", line);
   log::debug("engine '{}' started with {} worker(s)", name_, workers_.size());
   return {};
+}
+
+std::vector<std::pair<std::string, transport::rdma::path_counters>>
+transfer_engine::rdma_counters() const {
+  std::vector<std::pair<std::string, transport::rdma::path_counters>> out;
+  for (const auto& nic : rdma_paths_)
+    out.emplace_back(nic->nic(), nic->counters());
+  return out;
+}
+
+size_t transfer_engine::rdma_live_qps() const {
+  size_t n = 0;
+  for (const auto& nic : rdma_paths_)
+    n += nic->live_qps();
+  return n;
 }
 
 transfer_engine::~transfer_engine() {
@@ -281,7 +390,26 @@ caf::error transfer_engine::register_memory(void* addr, size_t length, std::stri
     return loc.error();
   if (auto err = memory::check_location_usable(*loc))
     return err;
-  auto added = registry_->add(reinterpret_cast<uint64_t>(addr), uint64_t{length}, *loc, fenced);
+  // Registered with every RDMA NIC (their keys go into the descriptor), except fenced regions
+  // (a one-sided access cannot check a fence token: they are served over TCP) and device memory.
+  auto base = reinterpret_cast<uint64_t>(addr);
+  std::vector<uint32_t> keys;
+  auto undo = [&] {
+    for (size_t i = 0; i < keys.size(); ++i)
+      rdma_paths_[i]->deregister_region(base);
+  };
+  if (!fenced && !loc->is_device() && base != 0 && length != 0)
+    for (auto& nic : rdma_paths_) {
+      auto key = nic->register_region(base, length);
+      if (!key) {
+        undo();
+        return key.error();
+      }
+      keys.push_back(*key);
+    }
+  auto added = registry_->add(base, uint64_t{length}, *loc, fenced, keys);
+  if (!added)
+    undo();
   return added ? caf::error{} : std::move(added.error());
 }
 
@@ -299,6 +427,9 @@ caf::error transfer_engine::unregister_memory(void* addr) {
   if (stopped_)
     return stopped_error();
   auto removed = registry_->remove(reinterpret_cast<uint64_t>(addr), settings_.withdraw_timeout);
+  if (removed)
+    for (auto& nic : rdma_paths_)
+      nic->deregister_region(reinterpret_cast<uint64_t>(addr));
   return removed ? caf::error{} : std::move(removed.error());
 }
 
@@ -349,6 +480,8 @@ transfer_engine::resolve_segment(const std::string& name) {
     return make_error(errc::malformed_frame, "open segment '" + name + "': " + context_of(err));
   // Only data paths of other nodes: never "local", whatever the peer claims.
   std::erase_if(desc->endpoints, [](const auto& ep) { return ep.kind == "local"; });
+  if (desc->endpoint("rdma") != nullptr && rdma_paths_.empty())
+    std::erase_if(desc->endpoints, [](const auto& ep) { return ep.kind == "rdma"; });
   if (desc->endpoint("tcp") != nullptr)
     if (auto err = transport::tcp_path::check_endpoint(*desc))
       return make_error(errc::malformed_frame, "open segment '" + name + "': " + context_of(err));

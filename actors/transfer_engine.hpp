@@ -50,6 +50,7 @@
 #include "transport/control/client.hpp"
 #include "transport/control/server.hpp"
 #include "transport/data_path.hpp"
+#include "transport/rdma/path.hpp"
 #include "transport/tcp/server.hpp"
 
 namespace zmq {
@@ -190,6 +191,12 @@ public:
   /// docs/ARCHITECTURE.md, "Network surface", explains each term.
   [[nodiscard]] uint64_t network_memory_bound() const noexcept;
 
+  /// Counters of this node's RDMA NICs, one per NIC in endpoint order (empty without RDMA).
+  [[nodiscard]] std::vector<std::pair<std::string, transport::rdma::path_counters>>
+  rdma_counters() const;
+  /// Queue pairs alive on this node's RDMA NICs (initiator and target side).
+  [[nodiscard]] size_t rdma_live_qps() const;
+
   /// This engine's control (rpc) port; 0 when the runtime is not networked.
   [[nodiscard]] uint16_t rpc_port() const noexcept { return rpc_port_; }
 
@@ -212,6 +219,8 @@ private:
   transfer_engine(std::shared_ptr<runtime> rt, config::settings settings, engine_options options);
   [[nodiscard]] caf::error start();
   [[nodiscard]] caf::error start_network(caf::actor_system& sys);
+  /// Opens the RDMA provider and one data path per selected NIC ("protocol": "rdma").
+  [[nodiscard]] caf::error start_rdma();
   [[nodiscard]] std::shared_ptr<batch_board> find_batch(batch_id batch) const;
   [[nodiscard]] caf::expected<segment_entry> resolve_segment(const std::string& name);
   /// How a notification reaches segment `entry` without blocking (submit with notify).
@@ -235,6 +244,9 @@ private:
   coordinator_actor coordinator_;
   std::vector<worker_actor> workers_;
   std::vector<std::shared_ptr<transport::data_path>> paths_;
+  /// "protocol": "rdma": the provider and one path per NIC (also in paths_); fixed after start.
+  std::shared_ptr<transport::rdma::provider> verbs_;
+  std::vector<std::shared_ptr<transport::rdma::rdma_path>> rdma_paths_;
 
   /// Held shared by calls that send work to the coordinator, exclusively by shutdown().
   mutable std::shared_mutex lifecycle_mutex_;

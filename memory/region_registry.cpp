@@ -89,7 +89,7 @@ void region_registry::publish(std::vector<region> next) {
 }
 
 caf::expected<region> region_registry::add(uint64_t base, uint64_t length, location where,
-                                           bool fenced) {
+                                           bool fenced, std::vector<uint32_t> rdma_keys) {
   if (base == 0)
     return make_error(errc::invalid_argument, "register memory: address is null");
   if (length == 0)
@@ -115,7 +115,7 @@ caf::expected<region> region_registry::add(uint64_t base, uint64_t length, locat
                           + range_text(r.base, r.length) + ", which is being unregistered");
   std::vector<region> next = current->regions();
   region added{base, length, where, std::make_shared<region_state>(),
-                fenced ? std::make_shared<fence_map>() : nullptr};
+                fenced ? std::make_shared<fence_map>() : nullptr, std::move(rdma_keys)};
   next.insert(std::upper_bound(next.begin(), next.end(), base,
                                [](uint64_t b, const region& r) { return b < r.base; }),
               added);

@@ -65,6 +65,9 @@ struct region {
   std::shared_ptr<region_state> state;
   /// The fence floors of a fenced region; null for an unfenced one (accesses carry no token).
   std::shared_ptr<fence_map> fences;
+  /// Its RDMA remote keys, one per NIC of the engine in the order of its "rdma" endpoints; empty
+  /// when the region is not registered with RDMA NICs (no RDMA, a fenced region, device memory).
+  std::vector<uint32_t> rdma_keys;
 
   [[nodiscard]] uint64_t end() const noexcept { return base + length; }
   /// True when [addr, addr+len) lies inside this region (len > 0, no wrap-around).
@@ -133,7 +136,8 @@ public:
   /// overlap with a registered region (or one being unregistered), and a closed registry. A fenced
   /// region gets a fence map with every floor 0 (any non-zero token is admitted until a fence).
   [[nodiscard]] caf::expected<region> add(uint64_t base, uint64_t length, location where,
-                                          bool fenced = false);
+                                          bool fenced = false,
+                                          std::vector<uint32_t> rdma_keys = {});
 
   /// Unregisters the region that starts at `base` (see the header comment). errc::busy, with the
   /// region still registered, when its memory is still in use after `timeout`.

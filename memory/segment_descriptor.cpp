@@ -22,6 +22,9 @@ caf::error segment_descriptor::validate() const {
   if (name.empty() || name.size() > 256)
     return make_error(errc::malformed_frame, "segment descriptor: name is empty or longer than 256");
   uint64_t previous_end = 0;
+  size_t rdma_endpoints = 0;
+  for (const auto& ep : endpoints)
+    rdma_endpoints += ep.kind == "rdma" ? 1 : 0;
   for (size_t i = 0; i < regions.size(); ++i) {
     const auto& r = regions[i];
     if (r.length == 0 || r.base + r.length < r.base || (i > 0 && r.base < previous_end))
@@ -32,6 +35,11 @@ caf::error segment_descriptor::validate() const {
       return make_error(errc::malformed_frame,
                         "segment descriptor '" + name + "': region " + std::to_string(i)
                           + ": location '" + r.location.substr(0, 32) + "' is not cpu:N or cuda:N");
+    if (!r.rdma_keys.empty() && r.rdma_keys.size() != rdma_endpoints)
+      return make_error(errc::malformed_frame,
+                        "segment descriptor '" + name + "': region " + std::to_string(i) + " has "
+                          + std::to_string(r.rdma_keys.size()) + " RDMA keys; expected none or "
+                          + std::to_string(rdma_endpoints) + " (one per rdma endpoint)");
     previous_end = r.base + r.length;
   }
   for (const auto& ep : endpoints)

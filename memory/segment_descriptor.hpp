@@ -21,6 +21,9 @@ struct region_descriptor {
   std::string location;
   /// RDMA remote key (0 where the segment's transports need none).
   uint32_t remote_key = 0;
+  /// RDMA remote keys, one per "rdma" endpoint of the descriptor, in their order; empty when the
+  /// region is not reachable over RDMA (then RDMA workers refuse slices to it).
+  std::vector<uint32_t> rdma_keys;
 
   [[nodiscard]] bool contains(uint64_t addr, uint64_t len) const noexcept {
     return range_contains(base, length, addr, len);
@@ -31,7 +34,7 @@ struct region_descriptor {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, region_descriptor& x) {
   return f(caf::meta::type_name("kvferry::region_descriptor"), x.base, x.length, x.location,
-           x.remote_key);
+           x.remote_key, x.rdma_keys);
 }
 
 /// One data-path endpoint of a segment, e.g. {"tcp", "tcp://10.0.0.2:41000"}.

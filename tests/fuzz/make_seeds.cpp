@@ -14,6 +14,7 @@
 
 #include "tests/fuzz/data_plane_layout.hpp"
 #include "transport/control/wire.hpp"
+#include "transport/rdma/handshake.hpp"
 #include "transport/store/wire.hpp"
 #include "transport/tcp/wire.hpp"
 #include "transport/zmtp/codec.hpp"
@@ -305,6 +306,26 @@ void http_seeds() {
   http_seed("lf_only", 0, 0, "\nGET /metrics HTTP/1.1\nHost: a\nConnection: x, close\n\n");
 }
 
+void rdma_handshake_seeds() {
+  namespace rdma = kvferry::transport::rdma;
+  rdma::handshake_request req;
+  req.peer = "10.0.0.2:41000";
+  req.peer_nic = "mlx5_0";
+  req.target_nic = "mlx5_1";
+  req.address.lid = 7;
+  req.address.gid[0] = 0xfe;
+  req.address.gid[1] = 0x80;
+  req.address.mtu = IBV_MTU_4096;
+  req.address.qps = {{0x123, 0x456}, {0x124, 0xffffff}};
+  put("rdma_handshake", "request_2qps", rdma::encode(req));
+  rdma::handshake_reply reply;
+  reply.address = req.address;
+  put("rdma_handshake", "reply_2qps", rdma::encode(reply));
+  reply.address.qps.resize(1);
+  reply.address.mtu = IBV_MTU_256;
+  put("rdma_handshake", "reply_1qp", rdma::encode(reply));
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: make_seeds <dir>\n");
@@ -317,5 +338,6 @@ int main(int argc, char** argv) {
   store_wire_seeds();
   data_plane_seeds();
   http_seeds();
+  rdma_handshake_seeds();
   return failures == 0 ? 0 : 1;
 }

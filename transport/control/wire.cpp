@@ -50,6 +50,11 @@ caf::error encode_body(const message& m, size_t max_frame, byte_writer& body) {
       body.u64(r.length);
       body.str8(r.location);
       body.u32(r.remote_key);
+      if (r.rdma_keys.size() > max_endpoints)
+        return too_long("region RDMA key list", r.rdma_keys.size(), max_endpoints);
+      body.u8(static_cast<uint8_t>(r.rdma_keys.size()));
+      for (auto key : r.rdma_keys)
+        body.u32(key);
     }
   } else if (m.what == kind::request && m.operation == op::notify) {
     if (m.from.empty())
@@ -164,7 +169,7 @@ caf::expected<message> decode(std::span<const uint8_t> frame, size_t max_frame) 
     auto& d = m.descriptor;
     d.name = in.str(2, max_name, "segment name");
     d.incarnation = in.num<uint64_t>("incarnation");
-    // Each endpoint takes at least 5 bytes, each region at least 22: a count the frame cannot
+    // Each endpoint takes at least 5 bytes, each region at least 23: a count the frame cannot
     // hold is refused before anything is reserved for it.
     auto endpoints = in.count(2, max_endpoints, 5, "endpoint count");
     for (size_t i = 0; in.ok() && i < endpoints; ++i) {
@@ -173,7 +178,7 @@ caf::expected<message> decode(std::span<const uint8_t> frame, size_t max_frame) 
       ep.address = in.str(2, max_name, "endpoint address");
       d.endpoints.push_back(std::move(ep));
     }
-    auto regions = in.count(4, max_regions, 22, "region count");
+    auto regions = in.count(4, max_regions, 23, "region count");
     if (in.ok())
       d.regions.reserve(regions);
     for (size_t i = 0; in.ok() && i < regions; ++i) {
@@ -182,6 +187,9 @@ caf::expected<message> decode(std::span<const uint8_t> frame, size_t max_frame) 
       r.length = in.num<uint64_t>("region length");
       r.location = in.str(1, 32, "region location");
       r.remote_key = in.num<uint32_t>("region remote key");
+      auto keys = in.count(1, max_endpoints, 4, "region RDMA key count");
+      for (size_t k = 0; in.ok() && k < keys; ++k)
+        r.rdma_keys.push_back(in.num<uint32_t>("region RDMA key"));
       d.regions.push_back(std::move(r));
     }
   } else if (m.what == kind::request && m.operation == op::notify) {

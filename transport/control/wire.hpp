@@ -11,7 +11,7 @@
 ///   describe reply     descriptor: name (u16 length + bytes) | incarnation u64 |
 ///                      endpoint count u16, each: kind (u8 length + bytes), address (u16 + bytes) |
 ///                      region count u32, each: base u64 | length u64 | location (u8 + bytes) |
-///                      remote key u32
+///                      remote key u32 | RDMA key count u8 (0..16), each: key u32
 ///   notify request     from (u16 length + bytes) | message (u32 length + bytes)
 ///   notify reply       (empty)
 ///   call request       method u16 | payload (u32 length + bytes)
@@ -39,7 +39,7 @@
 namespace kvferry::transport::control {
 
 inline constexpr uint32_t magic = 0x4346564b; // "KVFC"
-inline constexpr uint16_t version = 1;
+inline constexpr uint16_t version = 2;
 inline constexpr size_t header_size = 24;
 /// Longest segment name, notification sender, endpoint address.
 inline constexpr size_t max_name = 256;
