@@ -99,10 +99,14 @@ int run_target(const config::settings& settings, const bench_options& options) {
   std::fflush(stdout);
   wait_for_stop_signal();
   auto c = (*engine)->server_counters();
+  auto rdma = (*engine)->rdma_counters();
   (*engine)->shutdown();
   std::printf("Target stopped: %" PRIu64 " requests (%" PRIu64 " reads, %" PRIu64
               " writes), %" PRIu64 " refused, %" PRIu64 " malformed frames\n",
               c.requests, c.reads, c.writes, c.refused, c.malformed);
+  for (const auto& [nic, r] : rdma)
+    std::printf("Target RDMA NIC %s: %" PRIu64 " handshakes accepted, %" PRIu64 " refused\n",
+                nic.c_str(), r.handshakes_accepted, r.handshakes_refused);
   return 0;
 }
 
@@ -378,22 +382,37 @@ int run_initiator(const config::settings& settings, const bench_options& o) {
   };
   std::printf("Batch latency (submit to all terminal, %zu batches): p50 %.1f us, p99 %.1f us\n",
               lat.size(), pct(0.50), pct(0.99));
+  // With --protocol=rdma every task must have gone over RDMA: a target without an RDMA
+  // endpoint would be reached over TCP, and the figures would be TCP's.
+  uint64_t rdma_wrs = 0;
+  for (const auto& [nic, c] : (*engine)->rdma_counters()) {
+    rdma_wrs += c.wrs_posted;
+    std::printf("RDMA NIC %s: %" PRIu64 " work requests posted, %" PRIu64 " failed, %" PRIu64
+                " completion timeouts\n", nic.c_str(), c.wrs_posted, c.wrs_failed,
+                c.completion_timeouts);
+  }
+  const bool rdma = settings.transport == config::protocol::rdma;
+  if (rdma && rdma_wrs == 0 && t.completed > 0)
+    std::printf("Not over RDMA: no work request was posted; segment %s offers no RDMA endpoint "
+                "(run its target with --protocol=rdma), the figures above are TCP's\n",
+                o.segment_id.c_str());
   auto stats = (*engine)->stats();
   if (o.json) {
-    std::printf("{\"mode\":\"initiator\",\"operation\":\"%s\",\"block_size\":%" PRIu64
+    std::printf("{\"mode\":\"initiator\",\"protocol\":\"%s\",\"operation\":\"%s\",\"block_size\":%" PRIu64
                 ",\"batch_size\":%u,\"threads\":%u,\"duration_s\":%.6f,\"batch_count\":%" PRIu64
                 ",\"bytes\":%" PRIu64 ",\"throughput_bytes_per_s\":%.1f,\"completed\":%" PRIu64
                 ",\"failed\":%" PRIu64 ",\"timeout\":%" PRIu64 ",\"canceled\":%" PRIu64
                 ",\"verify_errors\":%" PRIu64 ",\"late_reports\":%" PRIu64
                 ",\"batch_latency_p50_us\":%.1f,\"batch_latency_p99_us\":%.1f}\n",
-                o.operation.c_str(), o.block_size, o.batch_size, o.threads, secs,
+                protocol_name(settings).c_str(), o.operation.c_str(), o.block_size, o.batch_size, o.threads, secs,
                 t.batches.load(), t.bytes.load(), t.bytes.load() / secs, t.completed.load(),
                 t.failed.load(), t.timeout.load(), t.canceled.load(), t.verify_errors.load(),
                 stats ? stats->late_reports : 0, pct(0.50), pct(0.99));
   }
   std::fflush(stdout);
   (*engine)->shutdown();
-  return (not_completed > 0 || t.verify_errors > 0 || t.completed == 0) ? 1 : 0;
+  return (not_completed > 0 || t.verify_errors > 0 || t.completed == 0 || (rdma && rdma_wrs == 0))
+           ? 1 : 0;
 }
 
 } // namespace
@@ -412,6 +431,27 @@ int run_bench(config::settings settings, const bench_options& o) {
     settings.transport = config::protocol::rdma;
   else
     return bench_usage_error("--protocol=" + o.protocol + " is not tcp or rdma");
+  if (!o.rdma_provider.empty()) {
+    if (settings.transport != config::protocol::rdma)
+      return bench_usage_error("--rdma_provider=" + o.rdma_provider
+                               + " chooses the RDMA provider: it needs --protocol=rdma");
+    if (o.rdma_provider == "verbs")
+      settings.rdma.provider = config::rdma_provider_kind::verbs;
+    else if (o.rdma_provider == "emulated")
+      settings.rdma.provider = config::rdma_provider_kind::emulated;
+    else
+      return bench_usage_error("--rdma_provider=" + o.rdma_provider + " is not verbs or emulated");
+  }
+  // Mooncake's device_name: a comma list, or "auto-discovery" (every device found).
+  if (!o.device_name.empty()) {
+    settings.device_names.clear();
+    for (size_t at = 0; o.device_name != "auto-discovery" && at <= o.device_name.size();) {
+      auto comma = std::min(o.device_name.find(',', at), o.device_name.size());
+      if (comma > at)
+        settings.device_names.push_back(o.device_name.substr(at, comma - at));
+      at = comma + 1;
+    }
+  }
   if (!o.local_server_name.empty()) {
     auto colon = o.local_server_name.rfind(':');
     if (colon != std::string::npos) {
@@ -429,6 +469,7 @@ int run_bench(config::settings settings, const bench_options& o) {
     return bench_usage_error("--operation=" + o.operation + " is not read or write");
   if (o.batch_size == 0 || o.threads == 0 || o.duration <= 0)
     return bench_usage_error("--batch_size, --threads and --duration must be positive");
+  std::printf("protocol: %s\n", protocol_note(settings).c_str());
   if (o.mode == "target")
     return run_target(settings, o);
   if (o.mode == "initiator")

@@ -30,6 +30,25 @@ struct metrics_options {
   uint64_t timeout_ms = 10000;
 };
 
+/// The data protocol of `s` as the tools print it: "tcp", "rdma" or "rdma (emulated)".
+inline std::string protocol_name(const config::settings& s) {
+  if (s.transport != config::protocol::rdma)
+    return "tcp";
+  return s.rdma.provider == config::rdma_provider_kind::emulated ? "rdma (emulated)" : "rdma";
+}
+
+/// The same for a report's header, saying what an emulated provider's figures are worth.
+inline std::string protocol_note(const config::settings& s) {
+  if (s.transport != config::protocol::rdma)
+    return "tcp";
+  if (s.rdma.provider == config::rdma_provider_kind::emulated)
+    return "rdma (emulated NICs, no RDMA hardware: figures say nothing about RDMA speed)";
+  std::string nics;
+  for (const auto& n : s.device_names)
+    nics += (nics.empty() ? "" : ",") + n;
+  return "rdma (libibverbs, NICs: " + (nics.empty() ? std::string("all found") : nics) + ")";
+}
+
 struct demo_options {
   uint32_t layers = 32;
   uint32_t blocks = 64;
@@ -67,6 +86,8 @@ struct bench_options {
   std::string segment_id;
   std::string protocol = "tcp";
   std::string device_name;
+  /// verbs or emulated (--protocol=rdma only); empty: the configuration's rdma_provider.
+  std::string rdma_provider;
   std::string operation = "read";
   uint64_t buffer_size = 1ULL << 30;
   uint32_t batch_size = 128;

@@ -1,5 +1,6 @@
 // `kvferry demo`: a prefill process and a decode process on loopback; decode pulls a synthetic KV
-// cache (layers x blocks) from prefill over TCP, one task per (layer, block), and verifies every
+// cache (layers x blocks) from prefill over the configured protocol (TCP, or RDMA: with the
+// emulated provider on a machine without NICs), one task per (layer, block), and verifies every
 // byte. `--in-process` runs both segments in one process over the same-process path instead.
 #include <chrono>
 #include <cinttypes>
@@ -131,9 +132,23 @@ int run_decode(const config::settings& settings, const demo_options& o) {
                          " bytes\n", o.decode_from.c_str(), kv_bytes(o));
     return 1;
   }
-  std::printf("decode %s: pulling from prefill %s over tcp\n", (*decode)->segment_name().c_str(),
-              o.decode_from.c_str());
-  return pull_and_verify(**decode, *seg, desc->regions.front().base, target.data, o, "decode");
+  std::printf("decode %s: pulling from prefill %s over %s\n", (*decode)->segment_name().c_str(),
+              o.decode_from.c_str(), protocol_name(settings).c_str());
+  int rc = pull_and_verify(**decode, *seg, desc->regions.front().base, target.data, o, "decode");
+  if (settings.transport != config::protocol::rdma)
+    return rc;
+  // Over RDMA only if work requests were posted (a prefill without RDMA is reached over TCP).
+  uint64_t wrs = 0;
+  for (const auto& [nic, c] : (*decode)->rdma_counters()) {
+    std::printf("%s NIC %s: %" PRIu64 " work requests posted, %" PRIu64 " failed\n",
+                protocol_name(settings).c_str(), nic.c_str(), c.wrs_posted, c.wrs_failed);
+    wrs += c.wrs_posted;
+  }
+  if (wrs == 0) {
+    std::printf("not over rdma: prefill %s offers no RDMA endpoint\n", o.decode_from.c_str());
+    return 1;
+  }
+  return rc;
 }
 
 std::string self_executable() {
@@ -203,8 +218,12 @@ int run_demo(const config::settings& settings, const demo_options& options) {
   std::printf("kvferry demo: synthetic KV cache of %u layers x %u blocks x %" PRIu64
               " bytes = %.1f MiB\n",
               options.layers, options.blocks, options.block_bytes, kv_bytes(options) / 1048576.0);
-  if (options.in_process)
+  if (options.in_process) {
+    std::printf("in one process: over the same-process path (memcpy), not %s\n",
+                protocol_name(settings).c_str());
     return run_in_process(settings, options);
+  }
+  std::printf("protocol: %s\n", protocol_note(settings).c_str());
   return run_two_processes(options);
 }
 

@@ -63,8 +63,8 @@ int main(int argc, char** argv) {
 
   kvferry::tools::demo_options demo;
   auto* demo_cmd = app.add_subcommand(
-    "demo", "prefill and decode as two processes over TCP on loopback: move a synthetic KV cache "
-            "and verify every byte");
+    "demo", "prefill and decode as two processes on loopback (over the configuration's protocol: "
+            "tcp, or rdma): move a synthetic KV cache and verify every byte");
   std::string demo_config_path;
   add_config_option(*demo_cmd, demo_config_path);
   demo_cmd->add_option("--layers", demo.layers, "model layers")->check(CLI::Range(1u, 1024u));
@@ -99,7 +99,11 @@ int main(int argc, char** argv) {
                         "host[:port]: this node's address and fixed rpc port");
   bench_cmd->add_option("--segment_id", bench.segment_id, "the target's segment name (host:port)");
   bench_cmd->add_option("--protocol", bench.protocol, "tcp or rdma");
-  bench_cmd->add_option("--device_name", bench.device_name, "RDMA NICs (rdma only)");
+  bench_cmd->add_option("--device_name", bench.device_name,
+                        "RDMA NICs, comma list (rdma only; default: the configuration's)");
+  bench_cmd->add_option("--rdma_provider", bench.rdma_provider,
+                        "verbs (libibverbs) or emulated (software NICs, no RDMA hardware); "
+                        "--protocol=rdma only (default: the configuration's rdma_provider)");
   bench_cmd->add_option("--operation", bench.operation, "read or write")
     ->check(CLI::IsMember({"read", "write"}));
   bench_cmd->add_option("--buffer_size", bench.buffer_size, "bytes of each side's buffer")
