@@ -184,4 +184,24 @@ struct trace_replay_options {
 
 int run_trace_replay(config::settings settings, const trace_replay_options& options);
 
+/// Flags of `kvferry rdma-selftest` (checks a machine's RDMA NICs with kvferry's RDMA path).
+struct rdma_selftest_options {
+  /// Comma list of NICs; empty: every device found.
+  std::string device_name;
+  /// verbs (libibverbs) or emulated (software NICs).
+  std::string rdma_provider = "verbs";
+  /// Comma list of transfer sizes (size strings: 4096, 64KiB, 1MiB).
+  std::string sizes = "4096,65536,1048576";
+  /// Seconds of each measured phase (WRITE and READ per size, and the latency run).
+  double duration = 2;
+  /// Host a segment for a --peer run on another machine, until SIGINT or SIGTERM.
+  bool serve = false;
+  /// Segment name of a --serve instance: run against it instead of on loopback.
+  std::string peer;
+  /// Write the figures as JSON to this file.
+  std::string report;
+};
+
+int run_rdma_selftest(config::settings settings, const rdma_selftest_options& options);
+
 } // namespace kvferry::tools

@@ -1,5 +1,5 @@
 // The kvferry command: `kvferry demo`, `kvferry node`, `kvferry bench`, `kvferry master`,
-// `kvferry --help`.
+// `kvferry rdma-selftest`, ..., `kvferry --help`.
 #include <cstdio>
 
 #include <malloc.h>
@@ -218,6 +218,29 @@ int main(int argc, char** argv) {
   replay_cmd->add_option("--key_prefix", replay.key_prefix,
                          "prefix of every key (default: a random run id)");
 
+  kvferry::tools::rdma_selftest_options selftest;
+  auto* selftest_cmd = app.add_subcommand(
+    "rdma-selftest", "check this machine's RDMA NICs with kvferry's RDMA path: devices, then "
+                     "WRITE/READ of a verified pattern per size (GB/s) and 4 KiB READ latency, "
+                     "on loopback or against a --serve instance on another host");
+  std::string selftest_config_path;
+  add_config_option(*selftest_cmd, selftest_config_path);
+  selftest_cmd->add_option("--device_name", selftest.device_name,
+                           "RDMA NICs, comma list (default: every device found)");
+  selftest_cmd->add_option("--rdma_provider", selftest.rdma_provider,
+                           "verbs (libibverbs) or emulated (software NICs, no RDMA hardware)")
+    ->check(CLI::IsMember({"verbs", "emulated"}));
+  selftest_cmd->add_option("--sizes", selftest.sizes, "transfer sizes, comma list (4096,64KiB)");
+  selftest_cmd->add_option("--duration", selftest.duration,
+                           "seconds of each measured phase (WRITE and READ per size, latency)")
+    ->check(CLI::Range(0.001, 1e6));
+  selftest_cmd->add_flag("--serve", selftest.serve,
+                         "host a segment for `rdma-selftest --peer` on another host (its "
+                         "address: local_hostname) until SIGTERM; prints 'segment name: NAME'");
+  selftest_cmd->add_option("--peer", selftest.peer,
+                           "segment name of a --serve instance: test against it (two hosts)");
+  selftest_cmd->add_option("--report", selftest.report, "also write the figures as JSON here");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -225,7 +248,8 @@ int main(int argc, char** argv) {
   }
   for (const auto* after :
        {&demo_config_path, &node_config_path, &bench_config_path, &master_config_path,
-        &store_node_config_path, &store_bench_config_path, &replay_config_path}) {
+        &store_node_config_path, &store_bench_config_path, &replay_config_path,
+        &selftest_config_path}) {
     if (after->empty())
       continue;
     if (!config_path.empty()) {
@@ -237,7 +261,8 @@ int main(int argc, char** argv) {
   }
   // Long-running commands stop on SIGINT/SIGTERM; block them before any thread starts so the
   // main thread alone receives them.
-  if (*node_cmd || *master_cmd || *store_node_cmd || (*bench_cmd && bench.mode == "target"))
+  if (*node_cmd || *master_cmd || *store_node_cmd || (*bench_cmd && bench.mode == "target")
+      || (*selftest_cmd && selftest.serve))
     kvferry::tools::block_stop_signals();
   auto settings = load_settings(config_path);
   if (!settings)
@@ -258,5 +283,7 @@ int main(int argc, char** argv) {
     return kvferry::tools::run_store_bench(*settings, store_bench);
   if (*replay_cmd)
     return kvferry::tools::run_trace_replay(*settings, replay);
+  if (*selftest_cmd)
+    return kvferry::tools::run_rdma_selftest(*settings, selftest);
   return 2;
 }
