@@ -416,6 +416,27 @@ uint32_t pick_worker(segment_entry& segment, uint32_t avoid) {
   return w;
 }
 
+/// As above, among the workers preferred for the slice's local memory when any of them serves the
+/// segment (the NIC priority matrix); the preferred set without `avoid` may be empty on a retry,
+/// then any worker of the segment.
+uint32_t pick_worker(const coordinator_state& st, segment_entry& segment,
+                     const memory::location& where, uint32_t avoid) {
+  if (!st.settings.location_workers.empty()) {
+    auto it = st.settings.location_workers.find(to_string(where));
+    if (it != st.settings.location_workers.end()) {
+      uint32_t candidates[64];
+      uint32_t n = 0;
+      for (auto w : segment.workers)
+        if (w != avoid && n < 64
+            && std::find(it->second.begin(), it->second.end(), w) != it->second.end())
+          candidates[n++] = w;
+      if (n > 0)
+        return candidates[segment.cursor++ % n];
+    }
+  }
+  return pick_worker(segment, avoid);
+}
+
 /// True when a worker still reaches the task's segment; otherwise resolves the task FAILED (its
 /// segment was re-opened with a descriptor no worker's data path reaches).
 bool retry_possible(coordinator_state& st, uint32_t task_slot) {
@@ -511,7 +532,7 @@ void handle_submit(self_pointer self, submission& sub) {
       s.offset = uint64_t{k} * slice_size;
       s.length = std::min<uint64_t>(slice_size, spec.length - s.offset);
       st.tasks[slot].slices.push_back(s_slot);
-      post_slice(st, s_slot, pick_worker(segment, no_worker));
+      post_slice(st, s_slot, pick_worker(st, segment, spec.local_where, no_worker));
     }
     board.set_pending(index);
     st.deadlines.push(timed_entry{deadline, make_id(t.generation, slot)});
@@ -588,7 +609,7 @@ void handle_report(self_pointer self, uint32_t worker,
         continue; // resolved FAILED: no worker reaches the segment any more
       auto delay = backoff(st, s.attempts);
       if (delay.count() == 0) {
-        post_slice(st, slot, pick_worker(st.segments[t.spec.segment], s.failed_worker));
+        post_slice(st, slot, pick_worker(st, st.segments[t.spec.segment], t.spec.local_where, s.failed_worker));
         continue;
       }
       s.worker = no_worker; // waiting for its retry
@@ -653,7 +674,7 @@ void handle_deadline(self_pointer self) {
     if (!retry_possible(st, s.task))
       continue;
     auto& t = st.tasks[s.task];
-    post_slice(st, slot, pick_worker(st.segments[t.spec.segment], s.failed_worker));
+    post_slice(st, slot, pick_worker(st, st.segments[t.spec.segment], t.spec.local_where, s.failed_worker));
   }
   arm_timer(self);
   flush(self);

@@ -151,6 +151,10 @@ struct coordinator_settings {
   /// the workers of the first kind its descriptor offers. Empty: every worker whose kind it
   /// offers.
   std::vector<std::string> endpoint_preference;
+  /// Workers preferred for slices whose local memory is at a location ("cpu:0", "cuda:1"): the
+  /// preferred NICs of the NIC priority matrix. A slice goes to one of them that serves its
+  /// segment (round robin; another one on a retry), else to any worker that serves it.
+  std::map<std::string, std::vector<uint32_t>> location_workers;
   uint32_t retry_limit = 3;
   /// Backoff before the first retry of a slice (0: retry at once); doubles per attempt up to
   /// retry_backoff_max, the actual delay drawn between half and all of it.

@@ -1,5 +1,6 @@
 #include "actors/transfer_engine.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 #include <optional>
@@ -158,6 +159,47 @@ caf::error transfer_engine::start_rdma() {
   return {};
 }
 
+std::map<std::string, std::vector<uint32_t>>
+transfer_engine::nic_preferences(uint32_t first_rdma_worker) const {
+  namespace rdma = transport::rdma;
+  auto matrix = settings_.rdma.nic_priority_matrix;
+  std::vector<std::string> open;
+  for (const auto& nic : rdma_paths_)
+    open.push_back(nic->nic());
+  const char* source = "nic_priority_matrix";
+  if (matrix.empty()) {
+    // Discovered from sysfs: NICs on a location's NUMA node (or PCIe switch, for GPUs) first.
+    std::vector<rdma::device_info> devices;
+    if (auto present = verbs_->devices())
+      for (const auto& d : *present)
+        if (std::find(open.begin(), open.end(), d.name) != open.end())
+          devices.push_back(d);
+    matrix = rdma::discover_matrix("/sys", rdma::with_sysfs_facts(devices, "/sys"));
+    source = "discovered from sysfs";
+  }
+  std::map<std::string, std::vector<uint32_t>> out;
+  for (const auto& [location, row] : matrix) {
+    std::vector<uint32_t> workers;
+    std::string names;
+    for (const auto* list : {&row.preferred, &row.fallback}) {
+      for (const auto& nic : *list) {
+        auto it = std::find(open.begin(), open.end(), nic);
+        if (it == open.end())
+          continue;
+        workers.push_back(first_rdma_worker + static_cast<uint32_t>(it - open.begin()));
+        names += (names.empty() ? "" : ", ") + nic;
+      }
+      if (!workers.empty())
+        break;
+    }
+    if (workers.empty())
+      continue;
+    log::info("RDMA NIC priority ({}): memory at {} goes through {}", source, location, names);
+    out[location] = std::move(workers);
+  }
+  return out;
+}
+
 caf::error transfer_engine::start_network(caf::actor_system& sys) {
   if (settings_.transport == config::protocol::rdma)
     if (auto err = start_rdma())
@@ -291,6 +333,8 @@ caf::error transfer_engine::start() {
   cs.slice_size = settings_.slice_size;
   cs.endpoint_slice_size["tcp"] = settings_.tcp_slice_size;
   cs.endpoint_preference = {"local", "rdma", "tcp"};
+  if (options_.data_paths.empty() && !rdma_paths_.empty())
+    cs.location_workers = nic_preferences(settings_.worker_count);
   cs.retry_limit = settings_.retry_limit;
   cs.retry_backoff = settings_.retry_backoff;
   cs.retry_backoff_max = settings_.retry_backoff_max;

@@ -8,7 +8,9 @@
 /// Model (as Mooncake's transfer engine): register local memory, open a segment by name, allocate
 /// a batch of capacity N, submit requests into it, read task states, wait, free the batch. Freeing
 /// a batch is allowed at any time: its unresolved tasks end CANCELED. Once a task is terminal,
-/// nothing is written into its local memory; once free_batch returns, no byte of the batch moves
+/// nothing is written into its local memory (over RDMA, where the NIC writes without the CPU, a
+/// READ already handed to the NIC may still land until free_batch returns, which waits for the
+/// NIC to let go of it); once free_batch returns, no byte of the batch moves
 /// any more, locally or at a target, unless it returns errc::unconfirmed: then the batch is freed
 /// locally all the same, and the error names the segments that may still receive bytes of its
 /// WRITEs (a target that did not answer within withdraw_timeout).
@@ -27,6 +29,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <shared_mutex>
@@ -221,6 +224,10 @@ private:
   [[nodiscard]] caf::error start_network(caf::actor_system& sys);
   /// Opens the RDMA provider and one data path per selected NIC ("protocol": "rdma").
   [[nodiscard]] caf::error start_rdma();
+  /// Location -> indices of the RDMA workers preferred for it (NIC priority matrix, configured or
+  /// discovered); RDMA worker k has index first_rdma_worker + k.
+  [[nodiscard]] std::map<std::string, std::vector<uint32_t>>
+  nic_preferences(uint32_t first_rdma_worker) const;
   [[nodiscard]] std::shared_ptr<batch_board> find_batch(batch_id batch) const;
   [[nodiscard]] caf::expected<segment_entry> resolve_segment(const std::string& name);
   /// How a notification reaches segment `entry` without blocking (submit with notify).

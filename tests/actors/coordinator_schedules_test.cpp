@@ -140,6 +140,10 @@ struct scenario {
   /// Retries wait for a backoff timer (retry_backoff); the late tick lets a failure come too late
   /// for its retry.
   bool backoff = false;
+  /// RDMA-shaped workers: one-sided data paths that need remote keys, attached as "rdma"
+  /// workers (one per NIC), serving a descriptor that lists one rdma endpoint per NIC next to a
+  /// tcp one, with the engine's endpoint preference (local, rdma, tcp).
+  bool rdma_shaped = false;
 };
 
 /// Behaviours a schedule can reach; each scenario must reach those its settings make possible
@@ -611,18 +615,23 @@ public:
       settings.retry_backoff_max = retry_backoff_max;
     }
     settings.withdraw_timeout = withdraw_timeout;
+    if (sc.rdma_shaped)
+      settings.endpoint_preference = {"local", "rdma", "tcp"};
     // No gates: fault paths touch no memory (and a schedule is cheaper without them).
     coordinator_ = spawn_coordinator(sys_, settings);
     for (uint32_t w = 0; w < sc.workers; ++w) {
       auto path = std::make_shared<fault_path>(fault_path::manual);
       path->hold_withdrawals(sc.hold_withdrawals);
+      if (sc.rdma_shaped)
+        path->shape_as_rdma();
       auto worker = spawn_worker(sys_, w, coordinator_, path, settings.gates);
       paths_.push_back(path);
       workers_.push_back(worker);
       worker_jobs_.push_back(dynamic_cast<caf::resumable*>(caf::actor_cast<caf::abstract_actor*>(worker)));
-      caf::anon_send(coordinator_, attach_atom::value, worker, std::string("local"));
+      caf::anon_send(coordinator_, attach_atom::value, worker,
+                     std::string(sc.rdma_shaped ? "rdma" : "local"));
     }
-    caf::anon_send(coordinator_, connect_atom::value, segment_id{0}, descriptor(0));
+    caf::anon_send(coordinator_, connect_atom::value, segment_id{0}, descriptor(0, sc.rdma_shaped ? sc.workers : 0));
     while (sched_.try_run_once()) {
     }
     if (sc.warm_up)
@@ -756,7 +765,7 @@ public:
         for (const auto& p : paths_)
           if (!p->held().empty())
             note(reach::reconnect_in_flight);
-        caf::anon_send(coordinator_, connect_atom::value, segment_id{0}, descriptor(reconnects_));
+        caf::anon_send(coordinator_, connect_atom::value, segment_id{0}, descriptor(reconnects_, sc_.rdma_shaped ? sc_.workers : 0));
         break;
       case event_kind::retry_timer: advance({*latest_retry() - now(), settle_step}); break;
       case event_kind::late_tick:
@@ -850,11 +859,17 @@ private:
     return out;
   }
 
-  static memory::segment_descriptor descriptor(uint64_t incarnation) {
+  /// With `rdma_nics` > 0: a remote node's descriptor (tcp plus one rdma endpoint per NIC).
+  static memory::segment_descriptor descriptor(uint64_t incarnation, uint32_t rdma_nics = 0) {
     memory::segment_descriptor desc;
     desc.name = segment_name;
     desc.incarnation = incarnation;
-    desc.endpoints.push_back(memory::transport_endpoint{"local", ""});
+    if (rdma_nics == 0)
+      desc.endpoints.push_back(memory::transport_endpoint{"local", ""});
+    desc.endpoints.push_back(memory::transport_endpoint{"tcp", "tcp://10.0.0.2:4000"});
+    for (uint32_t n = 0; n < rdma_nics; ++n)
+      desc.endpoints.push_back(
+        memory::transport_endpoint{"rdma", "10.0.0.2:5000/mlx5_" + std::to_string(n)});
     return desc;
   }
 
@@ -1711,6 +1726,15 @@ BOOST_AUTO_TEST_CASE(every_schedule_resolves_each_task_exactly_once) {
     // Retries with backoff: posted when the timer fires, never past the deadline.
     {.name = "backoff: 1 slice, 2 workers, retry 2, 1 dup", .task_lengths = {slice_size},
      .workers = 2, .retry_limit = 2, .max_duplicates = 1, .backoff = true},
+    // RDMA-shaped workers (one per NIC) chosen over tcp by the endpoint preference.
+    {.name = "rdma-shaped: 1 slice, 2 NIC workers, retry 2, 1 dup", .task_lengths = {slice_size},
+     .workers = 2, .retry_limit = 2, .max_duplicates = 1, .rdma_shaped = true},
+    {.name = "rdma-shaped: 1 slice, 2 NIC workers, retry 1, held withdrawals + pause",
+     .task_lengths = {slice_size}, .workers = 2, .retry_limit = 1, .max_duplicates = 0,
+     .hold_withdrawals = true, .pause = true, .rdma_shaped = true},
+    {.name = "rdma-shaped: reconnect x1, 1 slice, 2 NIC workers, retry 1",
+     .task_lengths = {slice_size}, .workers = 2, .retry_limit = 1, .max_duplicates = 0,
+     .reconnects = 1, .rdma_shaped = true},
     {.name = "backoff + notify: two tasks (1+1 slices), 1 worker, retry 1",
      .task_lengths = {slice_size, slice_size}, .workers = 1, .retry_limit = 1, .max_duplicates = 0,
      .notify_first = true, .backoff = true},

@@ -56,6 +56,15 @@ public:
   ~fault_path() override;
 
   [[nodiscard]] const capabilities& caps() const noexcept override { return caps_; }
+  /// Declares the capabilities of an RDMA NIC's path (one-sided, remote keys, endpoint kind
+  /// "rdma", no device memory); call before the worker is spawned.
+  void shape_as_rdma() {
+    caps_.name = "fault (rdma-shaped)";
+    caps_.endpoint_kind = "rdma";
+    caps_.one_sided = true;
+    caps_.needs_remote_key = true;
+    caps_.device_memory = false;
+  }
   void set_sink(completion_sink sink) override;
   [[nodiscard]] caf::expected<uint32_t> connect(const memory::segment_descriptor& peer) override;
   void post(std::span<const slice_op> ops) override;
