@@ -5,10 +5,10 @@ find_package(cppzmq 4.9 REQUIRED CONFIG)
 find_package(spdlog REQUIRED CONFIG)
 find_package(CLI11 REQUIRED CONFIG)
 find_package(PkgConfig REQUIRED)
-# libibverbs: the design's RDMA library. No data path uses it yet, so it is looked for, reported,
-# and not required (nothing links it).
-pkg_check_modules(IBVERBS QUIET IMPORTED_TARGET libibverbs)
-message(STATUS "kvferry: libibverbs ${IBVERBS_VERSION} found: ${IBVERBS_FOUND} (not used yet: no RDMA data path)")
+# libibverbs: the RDMA data path (transport/rdma) links it; the library loads on machines without
+# RDMA devices too (it then lists none). tools/bootstrap.sh installs libibverbs-dev.
+pkg_check_modules(IBVERBS REQUIRED IMPORTED_TARGET libibverbs)
+message(STATUS "kvferry: libibverbs ${IBVERBS_VERSION}")
 
 # CAF 0.17 ships neither a CMake config nor a pkg-config file (installed with kvferry's package).
 include(${CMAKE_CURRENT_LIST_DIR}/kvferryCAF.cmake)

@@ -449,8 +449,6 @@ std::vector<std::string> unused_fields(const settings& s, bool store_client) {
   if (!s.device_names.empty() && s.transport != protocol::rdma)
     out.push_back(source + ": device_name is set, but protocol is tcp: the RDMA NICs it names are "
                            "not used");
-  if (!s.device_names.empty() && s.transport == protocol::rdma)
-    out.push_back(source + ": device_name is parsed, but this version has no RDMA data path");
   if (s.transport != protocol::rdma && s.rdma != rdma_settings{}) {
     const rdma_settings d;
     const auto& r = s.rdma;
