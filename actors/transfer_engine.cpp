@@ -265,7 +265,7 @@ caf::error transfer_engine::start_network(caf::actor_system& sys) {
     return client.error();
   control_client_ = std::move(*client);
   for (const auto& nic : rdma_paths_) {
-    nic->set_self_name(name_);
+    nic->set_identity(name_, incarnation_);
     caf::anon_send(owner_, attach_atom::value,
                    memory::transport_endpoint{"rdma", settings_.local_hostname + ":"
                                                         + std::to_string(rpc_port_) + "/"

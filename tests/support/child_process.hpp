@@ -297,8 +297,14 @@ private:
 /// A node configuration file's text (P2PHANDSHAKE, tcp, loopback).
 inline std::string node_config(uint16_t rpc_port, uint16_t data_port, unsigned deadline_ms,
                                unsigned worker_count = 2, const std::string& log_level = "warn") {
+#ifdef KVFERRY_CONFORMANCE_RDMA
+  // The conformance suite over RDMA: the node's NICs are the emulated provider's.
+  const std::string transport = "\"rdma\",\"kvferry\":{\"rdma_provider\":\"emulated\",\"rpc_port\":";
+#else
+  const std::string transport = "\"tcp\",\"kvferry\":{\"rpc_port\":";
+#endif
   return "{\"local_hostname\":\"127.0.0.1\",\"metadata_server\":\"P2PHANDSHAKE\",\"protocol\":"
-         "\"tcp\",\"kvferry\":{\"rpc_port\":"
+         + transport
          + std::to_string(rpc_port) + ",\"data_port\":" + std::to_string(data_port)
          + ",\"task_deadline_ms\":" + std::to_string(deadline_ms)
          + ",\"worker_count\":" + std::to_string(worker_count) + ",\"log_level\":\"" + log_level

@@ -119,6 +119,10 @@ inline config::settings initiator_settings(std::chrono::milliseconds deadline, u
   s.worker_count = workers;
   s.tcp_worker_count = workers; // TCP connections per peer
   s.log_level = "warn";
+#ifdef KVFERRY_CONFORMANCE_RDMA
+  s.transport = config::protocol::rdma;
+  s.rdma.provider = config::rdma_provider_kind::emulated;
+#endif
   return s;
 }
 

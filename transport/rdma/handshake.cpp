@@ -78,6 +78,7 @@ std::vector<uint8_t> encode(const handshake_request& r) {
   w.str16(r.peer);
   w.str8(r.peer_nic);
   w.str8(r.target_nic);
+  w.u64(r.target_incarnation);
   put_address(w, r.address);
   return std::move(w.bytes());
 }
@@ -96,6 +97,7 @@ caf::expected<handshake_request> decode_request(std::span<const uint8_t> bytes) 
   r.peer = in.str(2, max_peer_name, "peer name");
   r.peer_nic = in.str(1, max_nic_name, "peer NIC name");
   r.target_nic = in.str(1, max_nic_name, "target NIC name");
+  r.target_incarnation = in.num<uint64_t>("target incarnation");
   get_address(in, r.address, 1, max_handshake_qps);
   if (auto err = finish(in, "RDMA handshake request"))
     return err;

@@ -22,7 +22,7 @@ namespace kvferry::transport::rdma {
 
 /// The control-plane method number of the handshake (store methods are 1..10).
 inline constexpr uint16_t handshake_method = 0x100;
-inline constexpr uint16_t handshake_version = 1;
+inline constexpr uint16_t handshake_version = 2;
 inline constexpr size_t max_handshake_qps = 64;
 inline constexpr size_t max_nic_name = 64;
 inline constexpr size_t max_peer_name = 300;
@@ -49,6 +49,10 @@ struct handshake_request {
   std::string peer_nic;
   /// The target's NIC the initiator wants to reach.
   std::string target_nic;
+  /// The target's incarnation in the descriptor the initiator holds: a restarted target (another
+  /// incarnation) refuses with errc::stale_incarnation, so keys of the old one never reach the new
+  /// one's memory.
+  uint64_t target_incarnation = 0;
   nic_address address;
   friend bool operator==(const handshake_request&, const handshake_request&) = default;
 };

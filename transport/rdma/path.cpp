@@ -188,9 +188,10 @@ void rdma_path::set_sink(completion_sink sink) {
   sink_ = std::move(sink);
 }
 
-void rdma_path::set_self_name(std::string name) {
+void rdma_path::set_identity(std::string name, uint64_t incarnation) {
   std::lock_guard<std::mutex> guard(mutex_);
   options_.self_name = std::move(name);
+  options_.incarnation = incarnation;
 }
 
 void rdma_path::deliver(std::vector<slice_completion>&& out) {
@@ -284,8 +285,10 @@ caf::expected<uint32_t> rdma_path::connect(const memory::segment_descriptor& des
       // A restarted peer (new incarnation) cannot use the old queue pairs.
       if (old.incarnation != entry->incarnation || old.key != entry->key) {
         auto ep = endpoints_.find(old.key);
-        if (ep != endpoints_.end())
-          retire(ep->second, out, "segment '" + desc.name + "' restarted");
+        if (ep != endpoints_.end()) {
+          auto victim = ep->second; // retire() erases the map's entry
+          retire(victim, out, "segment '" + desc.name + "' restarted");
+        }
       }
       peers_[index] = std::move(entry);
     } else {
@@ -348,6 +351,7 @@ bool rdma_path::start_handshake(peer_entry& peer, const std::shared_ptr<endpoint
   req.peer = options_.self_name;
   req.peer_nic = nic_;
   req.target_nic = peer.nic;
+  req.target_incarnation = peer.incarnation;
   req.address.lid = lid_;
   req.address.gid = gid_;
   req.address.mtu = local_mtu();
@@ -424,11 +428,15 @@ void rdma_path::handshake_done(const std::string& key, uint64_t generation,
       ++counters_.handshakes_failed;
       log::warn("RDMA NIC '{}'{}: handshake with {} failed: {}", nic_,
                 emulated_ ? " (emulated)" : "", key, describe(err));
+      // A restarted target: its memory is not the one the descriptor's keys name; the slices
+      // fail for good (until the segment is opened again, as over TCP).
+      auto code = code_of(err) == errc::malformed_frame     ? errc::malformed_frame
+                  : code_of(err) == errc::stale_incarnation ? errc::stale_incarnation
+                                                            : errc::peer_unreachable;
+      fail_waiting(*ep, code, code != errc::stale_incarnation, out);
       // This NIC pairs with one NIC of that peer: a pair that cannot connect counts against it.
-      note_failure(clock::now());
-      auto code = code_of(err) == errc::malformed_frame ? errc::malformed_frame
-                                                         : errc::peer_unreachable;
-      fail_waiting(*ep, code, true, out);
+      if (code != errc::stale_incarnation)
+        note_failure(clock::now());
       retire(ep, out, "handshake failed");
     } else {
       ep->state = endpoint::phase::ready;
@@ -454,6 +462,13 @@ caf::expected<handshake_reply> rdma_path::accept(const handshake_request& req) {
     return make_error(errc::shutting_down, "RDMA NIC '" + nic_ + "' is stopping");
   if (req.target_nic != nic_)
     return refuse("it names NIC '" + req.target_nic + "'");
+  if (req.target_incarnation != options_.incarnation) {
+    ++counters_.handshakes_refused;
+    return make_error(errc::stale_incarnation,
+                      "RDMA NIC '" + nic_ + "': this node restarted (incarnation "
+                        + std::to_string(options_.incarnation) + "; the handshake names "
+                        + std::to_string(req.target_incarnation) + "): open the segment again");
+  }
   auto port = context_->query_port(options_.port);
   if (!port || port->state != IBV_PORT_ACTIVE)
     return refuse("port " + std::to_string(options_.port) + " is not active");
@@ -854,8 +869,10 @@ void rdma_path::settle_withdrawals(std::vector<std::function<void()>>& later,
       // Reset the queue pairs still holding them: the NIC stops touching their memory.
       w->forced = true;
       for (auto wr : w->wrs)
-        if (auto it = inflight_.find(wr); it != inflight_.end())
-          retire(it->second->ep, ignored, "withdrawal deadline");
+        if (auto it = inflight_.find(wr); it != inflight_.end()) {
+          auto ep = it->second->ep;
+          retire(ep, ignored, "withdrawal deadline");
+        }
     }
     if (now >= w->deadline + std::chrono::seconds(1)) {
       unsettled_segments names(w->write_segments.begin(), w->write_segments.end());

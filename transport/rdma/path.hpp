@@ -67,8 +67,9 @@ using handshake_sender =
                      std::function<void(caf::expected<std::vector<uint8_t>>)> done)>;
 
 struct path_options {
-  /// This node's segment name (sent in handshakes).
+  /// This node's segment name (sent in handshakes) and incarnation (set_identity).
   std::string self_name;
+  uint64_t incarnation = 0;
   /// This NIC's position among the node's RDMA NICs (pairs NIC i with the peer's NIC i).
   uint32_t ordinal = 0;
   uint8_t port = 1;
@@ -129,8 +130,9 @@ public:
   /// Target side of a handshake addressed to this NIC.
   [[nodiscard]] caf::expected<handshake_reply> accept(const handshake_request& request);
 
-  /// This node's segment name, sent in handshakes (known once the control port is bound).
-  void set_self_name(std::string name);
+  /// This node's segment name, sent in handshakes (known once the control port is bound), and
+  /// its incarnation, which handshakes addressed to it must name.
+  void set_identity(std::string name, uint64_t incarnation);
 
   [[nodiscard]] const std::string& nic() const noexcept { return nic_; }
   [[nodiscard]] bool emulated() const noexcept { return emulated_; }
