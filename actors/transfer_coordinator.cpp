@@ -69,6 +69,9 @@ struct task_entry {
   uint32_t group = no_slot;
   /// The last failure of one of its slices, for the reason of a TIMEOUT.
   std::string last_error;
+  /// Its remote region has no RDMA keys (fenced, or device memory without GPUDirect): its slices
+  /// go to the segment's non-RDMA workers.
+  bool keyless = false;
 };
 
 /// The tasks of one submit-with-notify: the notification goes out when the last one resolves,
@@ -93,6 +96,9 @@ struct worker_entry {
 struct segment_entry {
   memory::segment_descriptor descriptor;
   std::vector<uint32_t> workers; // eligible worker indices
+  /// When `workers` are RDMA workers: those of the next kind the segment offers (tcp), for
+  /// regions without RDMA keys; empty otherwise.
+  std::vector<uint32_t> keyless_workers;
   uint32_t cursor = 0;           // round robin
   uint64_t slice_size = 0;       // for tasks to this segment
   // Bytes of the slices that succeeded, for stats (read by it, never acted on).
@@ -420,7 +426,15 @@ uint32_t pick_worker(segment_entry& segment, uint32_t avoid) {
 /// segment (the NIC priority matrix); the preferred set without `avoid` may be empty on a retry,
 /// then any worker of the segment.
 uint32_t pick_worker(const coordinator_state& st, segment_entry& segment,
-                     const memory::location& where, uint32_t avoid) {
+                     const memory::location& where, uint32_t avoid, bool keyless = false) {
+  if (keyless && !segment.keyless_workers.empty()) {
+    auto& list = segment.keyless_workers;
+    auto w = list[segment.cursor++ % list.size()];
+    if (list.size() > 1)
+      while (w == avoid)
+        w = list[segment.cursor++ % list.size()];
+    return w;
+  }
   if (!st.settings.location_workers.empty()) {
     auto it = st.settings.location_workers.find(to_string(where));
     if (it != st.settings.location_workers.end()) {
@@ -519,6 +533,10 @@ void handle_submit(self_pointer self, submission& sub) {
     t.group = group;
     t.slices.clear();
     t.last_error.clear();
+    t.keyless = false;
+    if (!seg->second.keyless_workers.empty())
+      if (const auto* region = seg->second.descriptor.find(spec.remote_addr, spec.length))
+        t.keyless = region->rdma_keys.empty();
     const auto slice_size = seg->second.slice_size;
     auto n = static_cast<uint32_t>((spec.length + slice_size - 1) / slice_size);
     t.slices_open = n;
@@ -532,7 +550,7 @@ void handle_submit(self_pointer self, submission& sub) {
       s.offset = uint64_t{k} * slice_size;
       s.length = std::min<uint64_t>(slice_size, spec.length - s.offset);
       st.tasks[slot].slices.push_back(s_slot);
-      post_slice(st, s_slot, pick_worker(st, segment, spec.local_where, no_worker));
+      post_slice(st, s_slot, pick_worker(st, segment, spec.local_where, no_worker, t.keyless));
     }
     board.set_pending(index);
     st.deadlines.push(timed_entry{deadline, make_id(t.generation, slot)});
@@ -609,7 +627,8 @@ void handle_report(self_pointer self, uint32_t worker,
         continue; // resolved FAILED: no worker reaches the segment any more
       auto delay = backoff(st, s.attempts);
       if (delay.count() == 0) {
-        post_slice(st, slot, pick_worker(st, st.segments[t.spec.segment], t.spec.local_where, s.failed_worker));
+        post_slice(st, slot, pick_worker(st, st.segments[t.spec.segment], t.spec.local_where, s.failed_worker,
+                                     t.keyless));
         continue;
       }
       s.worker = no_worker; // waiting for its retry
@@ -674,7 +693,8 @@ void handle_deadline(self_pointer self) {
     if (!retry_possible(st, s.task))
       continue;
     auto& t = st.tasks[s.task];
-    post_slice(st, slot, pick_worker(st, st.segments[t.spec.segment], t.spec.local_where, s.failed_worker));
+    post_slice(st, slot, pick_worker(st, st.segments[t.spec.segment], t.spec.local_where, s.failed_worker,
+                                     t.keyless));
   }
   arm_timer(self);
   flush(self);
@@ -720,6 +740,19 @@ void refresh_eligibility(coordinator_state& st, segment_entry& seg) {
       size = size == 0 ? it->second : std::min(size, it->second);
   }
   seg.slice_size = all_configured && size > 0 ? size : st.settings.slice_size;
+  // Regions without RDMA keys are reached through the next kind the segment offers.
+  seg.keyless_workers.clear();
+  if (preferred == "rdma") {
+    for (const auto& kind : st.settings.endpoint_preference) {
+      if (kind == "rdma" || seg.descriptor.endpoint(kind) == nullptr)
+        continue;
+      for (uint32_t w = 0; w < st.workers.size(); ++w)
+        if (st.workers[w].endpoint_kind == kind)
+          seg.keyless_workers.push_back(w);
+      if (!seg.keyless_workers.empty())
+        break;
+    }
+  }
 }
 
 coordinator_actor::behavior_type coordinator_impl(self_pointer self,
@@ -747,6 +780,8 @@ coordinator_actor::behavior_type coordinator_impl(self_pointer self,
       seg.descriptor = std::move(desc);
       refresh_eligibility(st, seg);
       for (auto w : seg.workers)
+        self->send(st.workers[w].handle, connect_atom::value, id, seg.descriptor);
+      for (auto w : seg.keyless_workers)
         self->send(st.workers[w].handle, connect_atom::value, id, seg.descriptor);
     },
     [self](submit_atom, submission& sub) { handle_submit(self, sub); },

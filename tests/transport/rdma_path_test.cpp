@@ -467,3 +467,34 @@ BOOST_AUTO_TEST_CASE(randomized_stress_with_threads_and_injected_faults) {
   BOOST_CHECK_GT(c0.endpoints_retired + c1.endpoints_retired, 0u);
   clear_all(2);
 }
+
+// A region without RDMA keys (here a fenced one, as the store's segments are: one-sided access
+// cannot check a fence token) is reached over TCP, the rest of the segment over RDMA.
+BOOST_AUTO_TEST_CASE(regions_without_rdma_keys_are_reached_over_tcp) {
+  clear_all(1);
+  std::vector<uint8_t> fenced(MiB);
+  node target(rdma_settings(1), 4 * MiB);
+  BOOST_REQUIRE(!target.engine->register_memory(fenced.data(), fenced.size(), "cpu:0", true));
+  node in(rdma_settings(1), 8 * MiB);
+  auto seg = in.engine->open_segment(target.name());
+  BOOST_REQUIRE_MESSAGE(seg, why(seg));
+  auto desc = in.engine->segment_descriptor(*seg);
+  BOOST_REQUIRE(desc);
+  const auto* region = desc->find(reinterpret_cast<uint64_t>(fenced.data()), 1);
+  BOOST_REQUIRE(region != nullptr);
+  BOOST_CHECK(region->rdma_keys.empty());
+  auto remote = reinterpret_cast<uint64_t>(fenced.data()) + 5;
+  tools::fill_pattern(in.mem.data(), 65537, 0xdd01, 0);
+  transfer_request w{opcode::write, in.mem.data(), *seg, remote, 65537, 7};
+  run_completed(*in.engine, {w}, "fenced WRITE");
+  BOOST_CHECK_EQUAL(tools::check_pattern(fenced.data() + 5, 65537, 0xdd01, 0), 65537u);
+  std::memset(in.mem.data() + MiB, 0, 65537);
+  transfer_request r{opcode::read, in.mem.data() + MiB, *seg, remote, 65537, 7};
+  run_completed(*in.engine, {r}, "fenced READ");
+  BOOST_CHECK_EQUAL(tools::check_pattern(in.mem.data() + MiB, 65537, 0xdd01, 0), 65537u);
+  BOOST_CHECK_GT(target.engine->server_counters().requests, 0u);
+  BOOST_CHECK_EQUAL(in.nic(0).wrs_posted, 0u);
+  // The unfenced region still goes over RDMA.
+  write_read_verify(in, target, *seg, 4096, 4, 0xdd02, "unfenced");
+  BOOST_CHECK_GT(in.nic(0).wrs_posted, 0u);
+}
