@@ -435,14 +435,18 @@ caf::error transfer_engine::register_memory(void* addr, size_t length, std::stri
   if (auto err = memory::check_location_usable(*loc))
     return err;
   // Registered with every RDMA NIC (their keys go into the descriptor), except fenced regions
-  // (a one-sided access cannot check a fence token: they are served over TCP) and device memory.
+  // (a one-sided access cannot check a fence token: they are served over TCP) and device memory
+  // unless every NIC has GPUDirect RDMA (else peers reach it over TCP, and this node's own
+  // slices of it are staged through host memory by the RDMA path).
   auto base = reinterpret_cast<uint64_t>(addr);
   std::vector<uint32_t> keys;
   auto undo = [&] {
     for (size_t i = 0; i < keys.size(); ++i)
       rdma_paths_[i]->deregister_region(base);
   };
-  if (!fenced && !loc->is_device() && base != 0 && length != 0)
+  bool direct = std::all_of(rdma_paths_.begin(), rdma_paths_.end(),
+                            [](const auto& nic) { return nic->gpudirect(); });
+  if (!fenced && (!loc->is_device() || direct) && base != 0 && length != 0)
     for (auto& nic : rdma_paths_) {
       auto key = nic->register_region(base, length);
       if (!key) {

@@ -5,6 +5,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -129,4 +130,62 @@ BOOST_AUTO_TEST_CASE(tcp_path_stages_device_memory) {
   BOOST_CHECK_EQUAL(s->completed, 1u);
   auto back = to_host(local_dev);
   BOOST_CHECK_EQUAL(tools::check_pattern(back.data(), back.size(), seed + 7), back.size());
+}
+
+BOOST_AUTO_TEST_CASE(rdma_path_stages_device_memory_without_gpudirect) {
+  if (!have_gpu())
+    return;
+  // "protocol": "rdma" on the emulated provider (software NICs: never GPUDirect). The GPU side's
+  // cuda:0 region gets no RDMA keys, so the host side reaches it over TCP; the host side's own GPU
+  // buffer is staged through the RDMA path's host staging chunks.
+  config::settings settings;
+  settings.transport = config::protocol::rdma;
+  settings.rdma.provider = config::rdma_provider_kind::emulated;
+  auto rt_a = runtime::create({.network = true});
+  auto rt_b = runtime::create({.network = true});
+  BOOST_REQUIRE(rt_a && rt_b);
+  auto gpu = transfer_engine::create(*rt_a, settings);
+  auto cpu = transfer_engine::create(*rt_b, settings);
+  BOOST_REQUIRE_MESSAGE(gpu && cpu, "engines over the emulated RDMA provider did not start");
+  device_buffer dev(8 << 20);
+  BOOST_REQUIRE(!(*gpu)->register_memory(dev.ptr, dev.size, "cuda:0"));
+  std::vector<uint8_t> host(4 << 20);
+  tools::fill_pattern(host.data(), host.size(), seed + 9);
+  BOOST_REQUIRE(!(*gpu)->register_memory(host.data(), host.size(), "cpu:0"));
+  auto seg = (*cpu)->open_segment((*gpu)->segment_name());
+  BOOST_REQUIRE(seg);
+  auto desc = (*cpu)->segment_descriptor(*seg);
+  BOOST_REQUIRE(desc);
+  const auto* dev_region = desc->find(reinterpret_cast<uint64_t>(dev.ptr), 1);
+  BOOST_REQUIRE(dev_region != nullptr);
+  BOOST_CHECK(dev_region->rdma_keys.empty());
+  round_trip(**cpu, *seg, dev, 65537, 5); // over TCP (staged there)
+  // A local GPU buffer over RDMA: READ 4 MiB of remote host memory into it (64 KiB slices through
+  // the staging chunks), then WRITE it back elsewhere.
+  device_buffer local_dev(4 << 20);
+  BOOST_REQUIRE(!(*cpu)->register_memory(local_dev.ptr, local_dev.size, "cuda:0"));
+  auto batch = (*cpu)->allocate_batch(2);
+  BOOST_REQUIRE(batch);
+  transfer_request read{opcode::read, local_dev.ptr, *seg, reinterpret_cast<uint64_t>(host.data()),
+                        host.size()};
+  BOOST_REQUIRE((*cpu)->submit(*batch, std::span(&read, 1)));
+  auto s = (*cpu)->wait(*batch, std::chrono::seconds(60));
+  BOOST_REQUIRE(s);
+  BOOST_CHECK_EQUAL(s->completed, 1u);
+  auto back = to_host(local_dev);
+  BOOST_CHECK_EQUAL(tools::check_pattern(back.data(), back.size(), seed + 9), back.size());
+  std::memset(host.data(), 0, host.size());
+  transfer_request write{opcode::write, local_dev.ptr, *seg, reinterpret_cast<uint64_t>(host.data()),
+                         host.size()};
+  BOOST_REQUIRE((*cpu)->submit(*batch, std::span(&write, 1)));
+  s = (*cpu)->wait(*batch, std::chrono::seconds(60));
+  BOOST_REQUIRE(s);
+  BOOST_CHECK_EQUAL(s->completed, 2u);
+  BOOST_CHECK_EQUAL(tools::check_pattern(host.data(), host.size(), seed + 9), host.size());
+  auto counters = (*cpu)->rdma_counters();
+  uint64_t posted = 0;
+  for (const auto& [nic, c] : counters)
+    posted += c.wrs_posted;
+  BOOST_CHECK_GT(posted, 0u);
+  BOOST_CHECK(!(*cpu)->free_batch(*batch));
 }

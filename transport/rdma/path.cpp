@@ -1,6 +1,7 @@
 #include "transport/rdma/path.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <random>
 #include <set>
 
@@ -10,6 +11,7 @@
 
 #include "config/error.hpp"
 #include "config/log.hpp"
+#include "memory/device.hpp"
 
 namespace kvferry::transport::rdma {
 
@@ -47,12 +49,23 @@ bool parse_rdma_address(const std::string& address, std::string& host, uint16_t&
 
 } // namespace
 
+/// GPUDirect RDMA needs the NVIDIA peer memory module (nvidia_peermem, formerly nv_peer_mem).
+bool peer_memory_loaded() {
+  std::error_code ec;
+  return std::filesystem::exists("/sys/kernel/mm/memory_peers/nv_mem/version", ec)
+         || std::filesystem::exists("/sys/module/nvidia_peermem", ec)
+         || std::filesystem::exists("/sys/module/nv_peer_mem", ec);
+}
+
 struct rdma_path::endpoint {
   enum class phase : uint8_t { handshaking, ready, retired };
   struct pending {
     slice_op op;
     uint32_t rkey = 0;
     uint32_t lkey = 0;
+    /// Staged GPU memory: the chunk (-1: none) and the slice's own local address.
+    int chunk = -1;
+    uint64_t device_addr = 0;
   };
   std::string key;
   uint64_t generation = 0;
@@ -85,6 +98,8 @@ struct rdma_path::inflight {
   slice_op op;
   std::shared_ptr<endpoint> ep;
   uint32_t qp = 0;
+  int chunk = -1;
+  uint64_t device_addr = 0;
   clock::time_point due{};
   bool withdrawn = false;
 };
@@ -105,7 +120,7 @@ rdma_path::rdma_path(std::shared_ptr<provider> verbs, std::string nic,
   caps_.name = "rdma";
   caps_.one_sided = true;
   caps_.needs_remote_key = true;
-  caps_.device_memory = false;
+  caps_.device_memory = true; // directly (GPUDirect) or staged through host memory
   caps_.endpoint_kind = "rdma";
 }
 
@@ -155,6 +170,13 @@ caf::error rdma_path::start() {
   doorbell_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (doorbell_ < 0)
     return make_error(errc::transport_failure, "RDMA NIC '" + nic_ + "': eventfd failed");
+  gpudirect_ = !emulated_ && memory::cuda_device_count() > 0 && peer_memory_loaded();
+  if (memory::cuda_device_count() > 0)
+    log::info("RDMA NIC '{}': {}", nic_,
+              gpudirect_ ? "GPUDirect RDMA available (NVIDIA peer memory): GPU memory is "
+                           "registered with the NIC"
+                         : "no GPUDirect RDMA (no NVIDIA peer memory module, or an emulated NIC): "
+                           "GPU memory is staged through host memory");
   thread_ = std::thread([this] { run(); });
   log::info("RDMA NIC '{}' opened through {}{} (port {}, LID {}, GID index {})", nic_,
             verbs_->name(), emulated_ ? " (emulated NIC, no RDMA hardware)" : "", options_.port,
@@ -176,11 +198,50 @@ rdma_path::~rdma_path() {
     std::lock_guard<std::mutex> guard(mr_mutex_);
     mrs_.clear();
   }
+  staging_mr_.reset();
   cq_.reset();
   pd_.reset();
   context_.reset();
   if (doorbell_ >= 0)
     ::close(doorbell_);
+}
+
+void rdma_path::set_gates(std::shared_ptr<slice_gates> gates) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  gates_ = std::move(gates);
+}
+
+caf::expected<int> rdma_path::take_chunk() {
+  if (!staging_mem_) {
+    staging_mem_.reset(new (std::nothrow) uint8_t[staging_chunk * staging_chunks]);
+    if (!staging_mem_)
+      return make_error(errc::transport_failure, "RDMA NIC '" + nic_
+                                                   + "': cannot allocate the GPU staging buffer");
+    auto mr = pd_->reg_mr(staging_mem_.get(), staging_chunk * staging_chunks, access_flags);
+    if (!mr) {
+      staging_mem_.reset();
+      return make_error(errc::transport_failure, "RDMA NIC '" + nic_
+                                                   + "': cannot register the GPU staging buffer: "
+                                                   + context_of(mr.error()));
+    }
+    staging_mr_ = std::move(*mr);
+    for (int c = staging_chunks - 1; c >= 0; --c)
+      free_chunks_.push_back(c);
+  }
+  if (!staging_said_) {
+    staging_said_ = true;
+    log::info("RDMA NIC '{}': GPU memory goes through a host staging buffer (no GPUDirect)", nic_);
+  }
+  if (free_chunks_.empty())
+    return -1;
+  auto c = free_chunks_.back();
+  free_chunks_.pop_back();
+  return c;
+}
+
+void rdma_path::release_chunk(int chunk) {
+  if (chunk >= 0)
+    free_chunks_.push_back(chunk);
 }
 
 void rdma_path::set_sink(completion_sink sink) {
@@ -557,8 +618,9 @@ void rdma_path::post(std::span<const slice_op> ops) {
         fail(errc::unknown_segment, false);
         continue;
       }
-      if (op.local_where.is_device()) {
-        fail(errc::not_supported, false);
+      bool staged = op.local_where.is_device() && !gpudirect_;
+      if (staged && op.length > staging_chunk) {
+        fail(errc::not_supported, false); // slices of GPU memory are at most one chunk
         continue;
       }
       if (op.length == 0 || op.length > (1ULL << 31)) {
@@ -583,12 +645,37 @@ void rdma_path::post(std::span<const slice_op> ops) {
         continue;
       }
       auto lkey = local_key(op.local_addr, op.length);
-      if (!lkey) {
+      if (!lkey && !staged) {
         fail(errc::unregistered_memory, false);
         continue;
       }
+      endpoint::pending p{op, region->remote_key, lkey ? *lkey : 0};
+      if (staged) {
+        auto chunk = take_chunk();
+        if (!chunk || *chunk < 0) {
+          fail(chunk ? errc::busy : errc::transport_failure, true);
+          continue;
+        }
+        p.chunk = *chunk;
+        p.device_addr = op.local_addr;
+        p.op.local_addr = chunk_addr(*chunk);
+        p.lkey = staging_mr_->lkey();
+        if (op.op == opcode::write) {
+          slice_gates::pass gate(gates_.get(), op.id);
+          auto err = gate ? memory::copy_bytes(reinterpret_cast<void*>(p.op.local_addr),
+                                               memory::location{}, reinterpret_cast<void*>(op.local_addr),
+                                               op.local_where, op.length)
+                          : caf::error{};
+          if (!gate || err) {
+            release_chunk(p.chunk);
+            if (err)
+              fail(errc::transport_failure, false);
+            continue; // a closed gate: the slice is no longer wanted
+          }
+        }
+      }
       auto ep = endpoint_for(peer, later);
-      ep->waiting.push_back(endpoint::pending{op, region->remote_key, *lkey});
+      ep->waiting.push_back(p);
       if (std::find(touched.begin(), touched.end(), ep) == touched.end())
         touched.push_back(ep);
     }
@@ -603,8 +690,10 @@ void rdma_path::post(std::span<const slice_op> ops) {
 
 void rdma_path::fail_waiting(endpoint& ep, errc code, bool retryable,
                              std::vector<slice_completion>& out) {
-  for (auto& p : ep.waiting)
+  for (auto& p : ep.waiting) {
+    release_chunk(p.chunk);
     out.push_back(slice_completion{p.op.id, code, retryable, 0});
+  }
   ep.waiting.clear();
 }
 
@@ -634,6 +723,7 @@ void rdma_path::pump(const std::shared_ptr<endpoint>& ep, std::vector<slice_comp
     auto p = ep->waiting.front();
     ep->waiting.pop_front();
     if (p.op.deadline_ns != 0 && p.op.deadline() <= now) {
+      release_chunk(p.chunk);
       out.push_back(slice_completion{p.op.id, errc::timeout, true, 0});
       continue;
     }
@@ -642,6 +732,8 @@ void rdma_path::pump(const std::shared_ptr<endpoint>& ep, std::vector<slice_comp
     entry->op = p.op;
     entry->ep = ep;
     entry->qp = q;
+    entry->chunk = p.chunk;
+    entry->device_addr = p.device_addr;
     entry->due = now + options_.completion_timeout;
     if (p.op.deadline_ns != 0)
       entry->due = std::min(entry->due, p.op.deadline());
@@ -668,6 +760,7 @@ void rdma_path::pump(const std::shared_ptr<endpoint>& ep, std::vector<slice_comp
         if (it == inflight_.end())
           continue;
         out.push_back(slice_completion{it->second->op.id, errc::transport_failure, true, 0});
+        release_chunk(it->second->chunk);
         wr_of_slice_.erase(it->second->op.id);
         inflight_.erase(it);
       }
@@ -749,12 +842,30 @@ void rdma_path::poll_completions(std::vector<slice_completion>& out) {
         if (!paused_)
           pause_ = std::chrono::milliseconds(0);
       }
+      if (entry->chunk >= 0) {
+        // Staged GPU memory: a READ's bytes go from the chunk to the GPU, inside the gate.
+        if (ok && !entry->withdrawn && entry->op.op == opcode::read) {
+          slice_gates::pass gate(gates_.get(), entry->op.id);
+          if (gate)
+            if (auto err = memory::copy_bytes(reinterpret_cast<void*>(entry->device_addr),
+                                              entry->op.local_where,
+                                              reinterpret_cast<void*>(chunk_addr(entry->chunk)),
+                                              memory::location{}, entry->op.length)) {
+              log::warn("RDMA NIC '{}': copying a staged READ to GPU memory failed: {}", nic_,
+                        describe(err));
+              ok = false;
+            }
+        }
+        release_chunk(entry->chunk);
+      }
       if (entry->withdrawn)
         continue; // its withdrawal is settled below; the coordinator no longer waits for it
       // A remote access error is the target refusing the range: not retried. Everything else
       // (flush, retry exceeded, timeouts) may succeed on another NIC pair.
       if (ok)
         out.push_back(slice_completion{entry->op.id, errc::none, false, entry->op.length});
+      else if (wc[i].status == IBV_WC_SUCCESS) // the staging copy failed
+        out.push_back(slice_completion{entry->op.id, errc::transport_failure, false, 0});
       else if (wc[i].status == IBV_WC_REM_ACCESS_ERR)
         out.push_back(slice_completion{entry->op.id, errc::out_of_range, false, 0});
       else
@@ -786,9 +897,10 @@ void rdma_path::check_timers(clock::time_point now, std::vector<slice_completion
   for (auto& [key, ep] : endpoints_) {
     std::deque<endpoint::pending> keep;
     for (auto& p : ep->waiting) {
-      if (p.op.deadline_ns != 0 && p.op.deadline() <= now)
+      if (p.op.deadline_ns != 0 && p.op.deadline() <= now) {
+        release_chunk(p.chunk);
         out.push_back(slice_completion{p.op.id, errc::timeout, true, 0});
-      else
+      } else
         keep.push_back(p);
     }
     ep->waiting.swap(keep);
@@ -811,6 +923,7 @@ void rdma_path::reap_retired() {
         if (it->second->ep == ep) {
           if (!it->second->withdrawn)
             log::warn("RDMA NIC '{}': a work request to {} never completed", nic_, ep->key);
+          release_chunk(it->second->chunk);
           wr_of_slice_.erase(it->second->op.id);
           it = inflight_.erase(it);
         } else {
@@ -833,7 +946,12 @@ void rdma_path::withdraw(std::span<const uint64_t> ids, clock::time_point deadli
     std::lock_guard<std::mutex> guard(mutex_);
     std::set<uint64_t> wanted(ids.begin(), ids.end());
     for (auto& [key, ep] : endpoints_)
-      std::erase_if(ep->waiting, [&](const endpoint::pending& p) { return wanted.count(p.op.id) > 0; });
+      std::erase_if(ep->waiting, [&](const endpoint::pending& p) {
+        if (wanted.count(p.op.id) == 0)
+          return false;
+        release_chunk(p.chunk);
+        return true;
+      });
     for (auto id : ids) {
       auto s = wr_of_slice_.find(id);
       if (s == wr_of_slice_.end())

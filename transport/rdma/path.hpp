@@ -31,8 +31,14 @@
 /// Local memory: a slice's local bytes must lie in a region registered with this NIC
 /// (register_region, called by the engine's register_memory); the NIC reads and writes them
 /// without the CPU, so a READ handed to the NIC may land after its task resolved, until the
-/// withdrawal settles (free_batch waits for it). Device memory is refused (errc::not_supported)
-/// unless a later version registers it through GPUDirect.
+/// withdrawal settles (free_batch waits for it).
+///
+/// GPU memory: with GPUDirect RDMA (detected at open: real verbs, a GPU, and the NVIDIA peer
+/// memory module loaded) the engine registers cuda:N regions with the NIC like host memory.
+/// Without it, a slice of local GPU memory is staged through a registered host buffer (16 chunks
+/// of 1 MiB, allocated on first use): a WRITE's bytes are copied to it before the work request,
+/// a READ's after its completion (inside the slice's gate); a slice finding no free chunk fails
+/// as busy (retried). One log line says which it is.
 ///
 /// Fencing: a fenced region (memory/fence_map.hpp) has no RDMA keys (one-sided access cannot check
 /// a token); slices to it are refused with errc::not_supported, and such segments are reached over
@@ -134,6 +140,11 @@ public:
   /// its incarnation, which handshakes addressed to it must name.
   void set_identity(std::string name, uint64_t incarnation);
 
+  void set_gates(std::shared_ptr<slice_gates> gates) override;
+
+  /// True when this NIC reads and writes GPU memory directly (GPUDirect RDMA).
+  [[nodiscard]] bool gpudirect() const noexcept { return gpudirect_; }
+
   [[nodiscard]] const std::string& nic() const noexcept { return nic_; }
   [[nodiscard]] bool emulated() const noexcept { return emulated_; }
   [[nodiscard]] path_counters counters() const;
@@ -171,6 +182,15 @@ private:
   void wake();
   [[nodiscard]] caf::expected<uint32_t> local_key(uint64_t addr, uint64_t len) const;
   [[nodiscard]] ibv_mtu local_mtu() const;
+  /// Takes a staging chunk (allocating the pool on first use); -1 when none is free.
+  [[nodiscard]] caf::expected<int> take_chunk();
+  void release_chunk(int chunk);
+  [[nodiscard]] uint64_t chunk_addr(int chunk) const noexcept {
+    return reinterpret_cast<uint64_t>(staging_mem_.get()) + uint64_t(chunk) * staging_chunk;
+  }
+
+  static constexpr uint64_t staging_chunk = 1ULL << 20;
+  static constexpr int staging_chunks = 16;
 
   std::shared_ptr<provider> verbs_;
   std::string nic_;
@@ -179,6 +199,8 @@ private:
   path_options options_;
   capabilities caps_;
   completion_sink sink_;
+  std::shared_ptr<slice_gates> gates_;
+  bool gpudirect_ = false;
 
   // Verbs objects in creation order (destroyed in reverse): context, PD, CQ; memory regions and
   // queue pairs live in the maps below and are cleared before these in stop().
@@ -187,6 +209,13 @@ private:
   std::unique_ptr<completion_queue> cq_;
   uint16_t lid_ = 0;
   gid_bytes gid_{};
+
+  /// The staging pool for GPU memory without GPUDirect (guarded by mutex_), registered with
+  /// this NIC; destroyed before the PD.
+  std::unique_ptr<uint8_t[]> staging_mem_;
+  std::unique_ptr<memory_region> staging_mr_;
+  std::vector<int> free_chunks_;
+  bool staging_said_ = false;
 
   mutable std::mutex mr_mutex_;
   /// base -> (length, registration)
