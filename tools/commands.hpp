@@ -128,6 +128,25 @@ struct master_options {
 /// The store master: serves clients until SIGINT or SIGTERM.
 int run_master(const config::settings& settings, const master_options& options);
 
+/// Flags of `kvferry metadata` (a server of Mooncake's HTTP metadata protocol at /metadata).
+struct metadata_options {
+  /// Address to listen on.
+  std::string host = "0.0.0.0";
+  /// 0 picks a free port (printed at start).
+  uint16_t port = 0;
+  uint64_t max_keys = 1ULL << 20;
+  uint64_t max_value_bytes = 4ULL << 20;
+  /// Keys and values together (and 128 bytes per entry).
+  uint64_t max_stored_bytes = 1ULL << 30;
+  uint64_t max_connections = 256;
+  /// A request must arrive, and a response be taken, within this; idle connections close after it.
+  uint64_t timeout_ms = 10000;
+  metrics_options metrics;
+};
+
+/// The metadata service: serves until SIGINT or SIGTERM.
+int run_metadata(const metadata_options& options);
+
 /// A store client that only contributes its segment (global_segment_size) to the store and
 /// holds replicas, until SIGINT or SIGTERM.
 int run_store_node(const config::settings& settings, const metrics_options& metrics = {});

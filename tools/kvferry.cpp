@@ -1,5 +1,5 @@
 // The kvferry command: `kvferry demo`, `kvferry node`, `kvferry bench`, `kvferry master`,
-// `kvferry rdma-selftest`, ..., `kvferry --help`.
+// `kvferry metadata`, `kvferry rdma-selftest`, ..., `kvferry --help`.
 #include <cstdio>
 
 #include <malloc.h>
@@ -152,6 +152,32 @@ int main(int argc, char** argv) {
     ->check(CLI::Range(0.0, 1.0));
   kvferry::tools::add_metrics_options(*master_cmd, master.metrics);
 
+  kvferry::tools::metadata_options metadata;
+  auto* metadata_cmd = app.add_subcommand(
+    "metadata", "serve Mooncake's HTTP metadata protocol (GET/PUT/DELETE /metadata?key=K; "
+                "&ttl_ms=T on a PUT: the entry expires unless put again) until SIGTERM");
+  std::string metadata_config_path;
+  add_config_option(*metadata_cmd, metadata_config_path);
+  metadata_cmd->add_option("--port", metadata.port, "port (0: any free one, printed at start)")
+    ->required();
+  metadata_cmd->add_option("--host", metadata.host, "address to listen on (default 0.0.0.0)");
+  metadata_cmd->add_option("--max-keys", metadata.max_keys,
+                           "keys held at most (more are refused with 507)")
+    ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 30));
+  metadata_cmd->add_option("--max-value-bytes", metadata.max_value_bytes,
+                           "largest value (larger ones are refused with 413)")
+    ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 30));
+  metadata_cmd->add_option("--max-stored-bytes", metadata.max_stored_bytes,
+                           "keys and values held at most (beyond: 507)")
+    ->check(CLI::Range(uint64_t{1} << 10, uint64_t{1} << 40));
+  metadata_cmd->add_option("--max-connections", metadata.max_connections,
+                           "connections at once (beyond: the one quiet the longest is closed)")
+    ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 16));
+  metadata_cmd->add_option("--timeout-ms", metadata.timeout_ms,
+                           "a request must arrive, and a response be taken, within this")
+    ->check(CLI::Range(uint64_t{10}, uint64_t{3600000}));
+  kvferry::tools::add_metrics_options(*metadata_cmd, metadata.metrics);
+
   auto* store_node_cmd = app.add_subcommand(
     "store-node", "contribute global_segment_size bytes to the store at master_server_address "
                   "and hold replicas until SIGTERM");
@@ -249,7 +275,7 @@ int main(int argc, char** argv) {
   for (const auto* after :
        {&demo_config_path, &node_config_path, &bench_config_path, &master_config_path,
         &store_node_config_path, &store_bench_config_path, &replay_config_path,
-        &selftest_config_path}) {
+        &selftest_config_path, &metadata_config_path}) {
     if (after->empty())
       continue;
     if (!config_path.empty()) {
@@ -261,7 +287,8 @@ int main(int argc, char** argv) {
   }
   // Long-running commands stop on SIGINT/SIGTERM; block them before any thread starts so the
   // main thread alone receives them.
-  if (*node_cmd || *master_cmd || *store_node_cmd || (*bench_cmd && bench.mode == "target")
+  if (*node_cmd || *master_cmd || *store_node_cmd || *metadata_cmd
+      || (*bench_cmd && bench.mode == "target")
       || (*selftest_cmd && selftest.serve))
     kvferry::tools::block_stop_signals();
   auto settings = load_settings(config_path);
@@ -279,6 +306,8 @@ int main(int argc, char** argv) {
     return kvferry::tools::run_master(*settings, master);
   if (*store_node_cmd)
     return kvferry::tools::run_store_node(*settings, store_node_metrics);
+  if (*metadata_cmd)
+    return kvferry::tools::run_metadata(metadata);
   if (*store_bench_cmd)
     return kvferry::tools::run_store_bench(*settings, store_bench);
   if (*replay_cmd)
