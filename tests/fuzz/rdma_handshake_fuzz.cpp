@@ -12,6 +12,7 @@
 #include <span>
 #include <vector>
 
+#include "config/error.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
 #include "transport/rdma/handshake.hpp"
 
