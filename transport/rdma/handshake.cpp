@@ -27,7 +27,10 @@ void get_address(byte_reader& in, nic_address& a, size_t min_qps, size_t max_qps
   auto mtu = in.num<uint8_t>("MTU");
   if (in.ok() && (mtu < IBV_MTU_256 || mtu > IBV_MTU_4096))
     in.fail("MTU is " + std::to_string(mtu) + "; expected 1 (256 bytes) to 5 (4096 bytes)");
-  a.mtu = static_cast<ibv_mtu>(mtu);
+  // Only a valid value becomes an ibv_mtu: the enum's values are 0 to 7, and converting a byte
+  // outside them (8 to 255) is undefined behaviour even when the frame is then refused.
+  if (in.ok())
+    a.mtu = static_cast<ibv_mtu>(mtu);
   auto n = in.count(1, max_qps, 8, "qp count");
   if (in.ok() && n < min_qps)
     in.fail("qp count is " + std::to_string(n) + "; expected " + std::to_string(min_qps) + " to "
