@@ -1,9 +1,11 @@
 #include "actors/transfer_engine.hpp"
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cstdio>
 #include <mutex>
 #include <optional>
+#include <set>
 
 #include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
@@ -159,6 +161,140 @@ caf::error transfer_engine::start_rdma() {
   return {};
 }
 
+namespace {
+
+/// Mooncake's key for a node's rpc address, and its value.
+std::string rpc_meta_key(const std::string& name) {
+  return "mooncake/rpc_meta/" + name;
+}
+
+std::string rpc_meta_value(const std::string& host, uint16_t port) {
+  boost::json::object o;
+  o["ip_or_host_name"] = host;
+  o["rpc_port"] = port;
+  return boost::json::serialize(o);
+}
+
+} // namespace
+
+caf::expected<std::pair<std::string, uint16_t>>
+transfer_engine::lookup_segment(const std::string& name) {
+  const auto& url = settings_.metadata.text;
+  auto value = metadata_->get(rpc_meta_key(name));
+  if (!value)
+    return make_error(code_of(value.error()) == errc::none ? errc::peer_unreachable
+                                                            : code_of(value.error()),
+                      "open segment '" + name + "': metadata server " + url + ": "
+                        + context_of(value.error()));
+  if (!*value)
+    return make_error(errc::unknown_segment,
+                      "open segment '" + name + "': metadata server " + url + " has no entry "
+                        + rpc_meta_key(name) + " (its node is not running, or its entry expired)");
+  // {"ip_or_host_name": "10.0.0.2", "rpc_port": 12345}
+  boost::system::error_code ec;
+  auto parsed = boost::json::parse(**value, ec);
+  const auto* obj = ec ? nullptr : parsed.if_object();
+  const auto* host = obj ? obj->if_contains("ip_or_host_name") : nullptr;
+  const auto* port = obj ? obj->if_contains("rpc_port") : nullptr;
+  if (host == nullptr || !host->is_string() || port == nullptr || !port->is_int64()
+      || port->as_int64() <= 0 || port->as_int64() > 65535 || host->as_string().empty()
+      || !transport::zmtp::valid_host(std::string(host->as_string())))
+    return make_error(errc::malformed_frame,
+                      "open segment '" + name + "': metadata entry " + rpc_meta_key(name) + " at "
+                        + url + " is '" + value->value().substr(0, 200)
+                        + "'; expected {\"ip_or_host_name\": host, \"rpc_port\": 1..65535}");
+  return std::pair{std::string(host->as_string()), static_cast<uint16_t>(port->as_int64())};
+}
+
+caf::error transfer_engine::start_metadata() {
+  transport::metadata::http_client_options mo;
+  mo.timeout = settings_.open_timeout;
+  mo.max_response_bytes = 64 << 10;
+  auto client = transport::metadata::http_client::create(settings_.metadata.endpoints.front(), mo);
+  if (!client)
+    return client.error();
+  metadata_ = std::move(*client);
+  // Published before the engine is usable, so a peer that finds the entry finds the node.
+  if (auto err = metadata_->put(rpc_meta_key(name_), rpc_meta_value(settings_.local_hostname,
+                                                                     rpc_port_),
+                                settings_.metadata_ttl))
+    return make_error(code_of(err) == errc::none ? errc::peer_unreachable : code_of(err),
+                      "cannot publish segment '" + name_ + "' to metadata server "
+                        + settings_.metadata.text + ": " + context_of(err));
+  metadata_thread_ = std::thread([this] { metadata_loop(); });
+  return {};
+}
+
+void transfer_engine::metadata_loop() {
+  // Entries of opened segments seen gone: their tasks fail at once until the entry returns.
+  std::set<std::string> gone;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> guard(metadata_mutex_);
+      if (metadata_wake_.wait_for(guard, settings_.metadata_ttl / 3,
+                                  [this] { return metadata_stop_; }))
+        return;
+    }
+    if (auto err = metadata_->put(rpc_meta_key(name_),
+                                  rpc_meta_value(settings_.local_hostname, rpc_port_),
+                                  settings_.metadata_ttl))
+      log::warn("segment '{}': refreshing its metadata entry failed (retried in {} ms): {}",
+                name_, (settings_.metadata_ttl / 3).count(), describe(err));
+    std::vector<std::pair<segment_id, std::string>> remote;
+    {
+      std::shared_lock<std::shared_mutex> guard(segments_mutex_);
+      for (size_t i = 0; i < segments_.size(); ++i)
+        if (!segments_[i].host.empty())
+          remote.emplace_back(static_cast<segment_id>(i), segments_[i].name);
+    }
+    for (const auto& [id, name] : remote) {
+      auto value = metadata_->get(rpc_meta_key(name));
+      if (!value)
+        continue; // the service is unreachable: keep transferring to peers already opened
+      if (!*value && gone.insert(name).second) {
+        // The node's entry expired or was removed: it stopped or crashed. Its tasks fail now
+        // instead of timing out; open_segment again once it is back.
+        log::warn("segment '{}' vanished from metadata server {}: its transfers fail until it "
+                  "returns",
+                  name, settings_.metadata.text);
+        memory::segment_descriptor none;
+        none.name = name;
+        std::shared_lock<std::shared_mutex> life(lifecycle_mutex_, std::try_to_lock);
+        if (life.owns_lock() && !stopped_)
+          caf::anon_send(coordinator_, connect_atom::value, id, none);
+      } else if (*value && gone.count(name) > 0) {
+        // Back (restarted under the same name): described again, transfers resume.
+        std::shared_lock<std::shared_mutex> life(lifecycle_mutex_, std::try_to_lock);
+        if (!life.owns_lock() || stopped_)
+          continue;
+        auto resolved = resolve_segment(name);
+        if (!resolved)
+          continue;
+        gone.erase(name);
+        log::info("segment '{}' is back in metadata server {}", name, settings_.metadata.text);
+        std::unique_lock<std::shared_mutex> guard(segments_mutex_);
+        segments_[id] = std::move(*resolved);
+        caf::anon_send(coordinator_, connect_atom::value, id, *segments_[id].descriptor);
+      }
+    }
+  }
+}
+
+void transfer_engine::stop_metadata() {
+  if (!metadata_thread_.joinable())
+    return;
+  {
+    std::lock_guard<std::mutex> guard(metadata_mutex_);
+    metadata_stop_ = true;
+  }
+  metadata_wake_.notify_all();
+  metadata_thread_.join();
+  // A clean stop removes the entry at once (a crash leaves it to expire).
+  if (auto gone = metadata_->remove(rpc_meta_key(name_)); !gone)
+    log::warn("segment '{}': removing its metadata entry failed: {}", name_,
+              describe(gone.error()));
+}
+
 std::map<std::string, std::vector<uint32_t>>
 transfer_engine::nic_preferences(uint32_t first_rdma_worker) const {
   namespace rdma = transport::rdma;
@@ -289,6 +425,9 @@ caf::error transfer_engine::start_network(caf::actor_system& sys) {
   server_ = std::move(*server);
   caf::anon_send(owner_, attach_atom::value,
                  memory::transport_endpoint{"tcp", server_->endpoint()});
+  if (settings_.metadata.kind == config::metadata_kind::http)
+    if (auto err = start_metadata())
+      return err;
   return {};
 }
 
@@ -302,6 +441,7 @@ caf::error transfer_engine::start() {
   // A failed start undoes only what it did (never another engine's directory entries) and
   // leaves the engine stopped, so the destructor has nothing to stop.
   auto fail = [&](caf::error err) {
+    stop_metadata();
     for (auto& nic : rdma_paths_)
       nic->stop();
     rdma_paths_.clear();
@@ -391,6 +531,7 @@ void transfer_engine::shutdown() {
   if (stopped_)
     return;
   stopped_ = true;
+  stop_metadata();
   auto& sys = runtime_->system();
   // Tasks end CANCELED and their withdrawals settle (bounded by withdraw_timeout); then the data
   // paths stop, here and now, so nothing of the caller's memory is used after shutdown returns.
@@ -502,22 +643,31 @@ transfer_engine::resolve_segment(const std::string& name) {
     return make_error(errc::unknown_segment, "open segment '" + name
                                                + "': no segment of that name in this process, and "
                                                  "this engine does not reach other nodes");
-  if (settings_.metadata.kind != config::metadata_kind::p2p_handshake)
+  if (settings_.metadata.kind == config::metadata_kind::http && metadata_) {
+    // The node's entry names its rpc address; the node itself then describes the segment.
+    auto where = lookup_segment(name);
+    if (!where)
+      return where.error();
+    entry.host = where->first;
+    entry.port = where->second;
+  } else if (settings_.metadata.kind != config::metadata_kind::p2p_handshake) {
     return make_error(errc::not_supported,
                       "open segment '" + name + "': metadata server '" + settings_.metadata.text
                         + "' (" + config::to_string(settings_.metadata.kind)
-                        + ") is not supported yet; use \"metadata_server\": \"P2PHANDSHAKE\"");
-  // P2PHANDSHAKE: the name is the peer's "host:rpc_port"; ask that node directly.
-  auto colon = name.rfind(':');
-  unsigned port = 0;
-  if (colon == std::string::npos || colon == 0
-      || std::sscanf(name.c_str() + colon + 1, "%u", &port) != 1 || port == 0 || port > 65535
-      || !transport::zmtp::valid_host(name.substr(0, colon)))
-    return make_error(errc::invalid_argument, "open segment '" + name.substr(0, 300)
-                                                + "': under P2PHANDSHAKE a segment name is "
-                                                  "host:port (the peer's rpc port)");
-  entry.host = name.substr(0, colon);
-  entry.port = static_cast<uint16_t>(port);
+                        + ") is not supported yet; use \"P2PHANDSHAKE\" or http://host:port/path");
+  } else {
+    // P2PHANDSHAKE: the name is the peer's "host:rpc_port"; ask that node directly.
+    auto colon = name.rfind(':');
+    unsigned port = 0;
+    if (colon == std::string::npos || colon == 0
+        || std::sscanf(name.c_str() + colon + 1, "%u", &port) != 1 || port == 0 || port > 65535
+        || !transport::zmtp::valid_host(name.substr(0, colon)))
+      return make_error(errc::invalid_argument, "open segment '" + name.substr(0, 300)
+                                                  + "': under P2PHANDSHAKE a segment name is "
+                                                    "host:port (the peer's rpc port)");
+    entry.host = name.substr(0, colon);
+    entry.port = static_cast<uint16_t>(port);
+  }
   auto desc = control_client_->describe(entry.host, entry.port, settings_.open_timeout);
   if (!desc)
     return make_error(code_of(desc.error()) == errc::timeout ? errc::timeout

@@ -28,6 +28,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -53,6 +55,7 @@
 #include "transport/control/client.hpp"
 #include "transport/control/server.hpp"
 #include "transport/data_path.hpp"
+#include "transport/metadata/http_client.hpp"
 #include "transport/rdma/path.hpp"
 #include "transport/tcp/server.hpp"
 
@@ -224,6 +227,13 @@ private:
   [[nodiscard]] caf::error start_network(caf::actor_system& sys);
   /// Opens the RDMA provider and one data path per selected NIC ("protocol": "rdma").
   [[nodiscard]] caf::error start_rdma();
+  /// With an http:// metadata_server: publishes this node's entry (with the metadata TTL) and
+  /// starts the thread that refreshes it and watches the entries of the segments opened.
+  [[nodiscard]] caf::error start_metadata();
+  void metadata_loop();
+  void stop_metadata();
+  /// The rpc address a metadata entry names for `name`.
+  [[nodiscard]] caf::expected<std::pair<std::string, uint16_t>> lookup_segment(const std::string& name);
   /// Location -> indices of the RDMA workers preferred for it (NIC priority matrix, configured or
   /// discovered); RDMA worker k has index first_rdma_worker + k.
   [[nodiscard]] std::map<std::string, std::vector<uint32_t>>
@@ -254,6 +264,12 @@ private:
   /// "protocol": "rdma": the provider and one path per NIC (also in paths_); fixed after start.
   std::shared_ptr<transport::rdma::provider> verbs_;
   std::vector<std::shared_ptr<transport::rdma::rdma_path>> rdma_paths_;
+  /// http:// metadata: the client, the refresher/watcher thread and its stop flag.
+  std::unique_ptr<transport::metadata::http_client> metadata_;
+  std::thread metadata_thread_;
+  std::mutex metadata_mutex_;
+  std::condition_variable metadata_wake_;
+  bool metadata_stop_ = false;
 
   /// Held shared by calls that send work to the coordinator, exclusively by shutdown().
   mutable std::shared_mutex lifecycle_mutex_;

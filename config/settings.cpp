@@ -182,6 +182,8 @@ std::optional<ms_field> millisecond_field(std::string_view key, settings& out) {
     return ms_field{&out.handshake_timeout, 1, day};
   if (key == "store_deadline_ms")
     return ms_field{&out.store_deadline, 1, day};
+  if (key == "metadata_ttl_ms")
+    return ms_field{&out.metadata_ttl, 1000, day};
   if (key == "rdma_completion_timeout_ms")
     return ms_field{&out.rdma.completion_timeout, 1, 600000};
   if (key == "rdma_nic_probe_ms")

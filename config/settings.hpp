@@ -21,7 +21,7 @@
 ///     "max_connections": 1024, "max_connections_per_host": 1024, "handshake_timeout_ms": 10000,
 ///     "peer_max_queued_messages": 256, "peer_max_queued_bytes": "64MiB",
 ///     "reply_budget": "256MiB", "notify_inbox_messages": 4096, "notify_inbox_bytes": "16MiB",
-///     "store_deadline_ms": 10000,
+///     "store_deadline_ms": 10000, "metadata_ttl_ms": 10000,
 ///     // RDMA (protocol "rdma"):
 ///     "rdma_provider": "verbs",                 // verbs (libibverbs) | emulated (software NICs)
 ///     "rdma_emulated_devices": 2,               // NICs the emulated provider lists (1-16)
@@ -190,6 +190,11 @@ struct settings {
   /// Every store call (put, get, remove, exists and their batch forms) returns within this time:
   /// its result, or an error naming what did not answer.
   std::chrono::milliseconds store_deadline{10000};
+
+  // -- Metadata service ("metadata_server" other than P2PHANDSHAKE) ---------------------------
+  /// A node's entry expires this long after its last refresh (it refreshes every third of it),
+  /// so a node that crashed disappears from the service within this time.
+  std::chrono::milliseconds metadata_ttl{10000};
 
   // -- RDMA ------------------------------------------------------------------------------------
   rdma_settings rdma;
