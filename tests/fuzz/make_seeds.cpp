@@ -14,6 +14,7 @@
 
 #include "tests/fuzz/data_plane_layout.hpp"
 #include "transport/control/wire.hpp"
+#include "transport/metadata/url.hpp"
 #include "transport/rdma/handshake.hpp"
 #include "transport/store/wire.hpp"
 #include "transport/tcp/wire.hpp"
@@ -326,6 +327,79 @@ void rdma_handshake_seeds() {
   put("rdma_handshake", "reply_1qp", rdma::encode(reply));
 }
 
+/// metadata_http: byte 0 chunk size, byte 1 flags (metadata_http_fuzz.cpp), then what a peer
+/// sends (also given to the url.hpp parsers).
+void metadata_seed(const std::string& name, uint8_t chunk, uint8_t flags, const std::string& text) {
+  bytes b{chunk, flags};
+  b.insert(b.end(), text.begin(), text.end());
+  put("metadata_http", name, b);
+}
+
+void metadata_http_seeds() {
+  namespace md = kvferry::transport::metadata;
+  const std::string key = md::percent_encode("mooncake/ram/node a:1");
+  const std::string at = "/metadata?key=" + key;
+  auto req = [](const std::string& verb, const std::string& target, const std::string& fields = "",
+                const std::string& body = "") {
+    return verb + " " + target + " HTTP/1.1\r\nHost: meta:8080\r\n" + fields
+           + (verb == "PUT" && fields.find("Transfer-Encoding") == std::string::npos
+                ? "Content-Length: " + std::to_string(body.size()) + "\r\n"
+                : "")
+           + "\r\n" + body;
+  };
+  const std::string value = R"({"name":"node a:1","rpc":"10.0.0.1:12345"})";
+  const std::string put_get_delete = req("PUT", at, "", value) + req("GET", at)
+                                     + req("DELETE", at) + req("GET", at);
+  metadata_seed("put_get_delete", 0, 0, put_get_delete);
+  metadata_seed("put_get_delete_trickled", 1, 0, put_get_delete);
+  metadata_seed("put_get_delete_not_read", 7, 2, put_get_delete);
+  metadata_seed("put_ttl", 0, 0,
+                req("PUT", at + "&ttl_ms=60000", "", value) + req("GET", at)
+                  + req("PUT", "/metadata?ttl_ms=5&key=k", "", "v")
+                  + req("GET", "/metadata?key=k"));
+  metadata_seed("put_bad_ttl", 0, 0,
+                req("PUT", at + "&ttl_ms=0", "", "v") + req("PUT", at + "&ttl_ms=abc", "", "v")
+                  + req("PUT", at + "&ttl_ms=1&ttl_ms=2", "", "v"));
+  metadata_seed("put_chunked", 3, 0,
+                req("PUT", "/metadata?key=a+b%2Fc", "Transfer-Encoding: chunked\r\n",
+                    "5\r\nhello\r\n0\r\n\r\n")
+                  + req("GET", "/metadata?key=a%20b/c"));
+  metadata_seed("put_expect_continue", 0, 0,
+                req("PUT", at, "Expect: 100-continue\r\n", value) + req("GET", at));
+  metadata_seed("missing_key", 0, 0,
+                req("GET", "/metadata") + req("GET", "/metadata?key=")
+                  + req("DELETE", "/metadata?ttl_ms=5")
+                  + req("GET", "/metadata?key=a&key=b") + req("GET", "/metadata?key=%zz")
+                  + req("GET", "/metadata?key=%4"));
+  metadata_seed("other_path_method", 0, 0,
+                req("GET", "/other?key=a") + req("POST", at) + req("HEAD", at)
+                  + "GET /metadata?key=a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                  + "GET /metadata?key=a HTTP/1.0\r\n\r\n");
+  metadata_seed("bad_version", 0, 0, "GET /metadata?key=a HTTP/2.0\r\n\r\n");
+  // A TLS ClientHello's first bytes (a client configured with https://).
+  const uint8_t hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03};
+  metadata_seed("tls_hello", 0, 0, std::string(std::begin(hello), std::end(hello)));
+  metadata_seed("oversized_value", 0, 0,
+                "PUT " + at + " HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n" + value);
+  metadata_seed("oversized_head", 64, 0,
+                req("GET", at, "X-Pad: " + std::string(1200, 'p') + "\r\n"));
+  metadata_seed("oversized_key", 0, 0, req("GET", "/metadata?key=" + std::string(300, 'k')));
+  metadata_seed("small_bounds", 0, 4,
+                req("PUT", "/metadata?key=a", "", "0123456789")
+                  + req("PUT", "/metadata?key=b", "", "x") + req("PUT", "/metadata?key=c", "", "y")
+                  + req("PUT", "/metadata?key=a", "", value)
+                  + req("PUT", "/metadata?key=aaaaaaaaa", "", "z")
+                  + req("PUT", "/metadata?key=b&ttl_ms=1", "", "t")
+                  + req("GET", "/metadata?key=b"));
+  metadata_seed("timeout_partial", 0, 1,
+                "PUT " + at + " HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+  metadata_seed("timeout_idle", 0, 1, req("GET", at));
+  metadata_seed("reset", 5, 8, req("PUT", at, "", value) + req("GET", at) + req("GET", at));
+  metadata_seed("url_ipv4", 0, 0, "http://10.0.0.1:8080/metadata");
+  metadata_seed("url_ipv6", 0, 0, "http://[fe80::1]:2379/metadata");
+  metadata_seed("url_refused", 0, 0, "https://u@meta:99999/m?x#y");
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: make_seeds <dir>\n");
@@ -339,5 +413,6 @@ int main(int argc, char** argv) {
   data_plane_seeds();
   http_seeds();
   rdma_handshake_seeds();
+  metadata_http_seeds();
   return failures == 0 ? 0 : 1;
 }
