@@ -440,6 +440,13 @@ private:
 
   void read_body() {
     // The deadline started before the head still runs: the whole request within the timeout.
+    // If it fired after the head arrived (its cancel then found no read to cancel), the body
+    // would be read without one: answer 408 now instead.
+    if (timed_out_) {
+      ++server_.counters.timeouts;
+      release_receiving();
+      return respond(http::status::request_timeout, "request body not received in time\n", true);
+    }
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) {
                        self->on_body(ec);

@@ -761,6 +761,8 @@ void rdma_path::pump(const std::shared_ptr<endpoint>& ep, std::vector<slice_comp
           continue;
         out.push_back(slice_completion{it->second->op.id, errc::transport_failure, true, 0});
         release_chunk(it->second->chunk);
+        --ep->outstanding[q];
+        --ep->total_outstanding;
         wr_of_slice_.erase(it->second->op.id);
         inflight_.erase(it);
       }
