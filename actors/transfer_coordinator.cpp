@@ -413,13 +413,18 @@ void cancel_all(coordinator_state& st, const std::string& reason) {
       resolve(st, slot, task_state::canceled, errc::shutting_down, reason);
 }
 
+/// The next of `list` (round robin on the segment's cursor), another than `avoid` when there is one.
+uint32_t round_robin(segment_entry& segment, const std::vector<uint32_t>& list, uint32_t avoid) {
+  auto w = list[segment.cursor++ % list.size()];
+  if (list.size() > 1)
+    while (w == avoid)
+      w = list[segment.cursor++ % list.size()];
+  return w;
+}
+
 /// The next worker for a slice of `segment`: round robin, another than `avoid` when there is one.
 uint32_t pick_worker(segment_entry& segment, uint32_t avoid) {
-  auto w = segment.workers[segment.cursor++ % segment.workers.size()];
-  if (segment.workers.size() > 1)
-    while (w == avoid)
-      w = segment.workers[segment.cursor++ % segment.workers.size()];
-  return w;
+  return round_robin(segment, segment.workers, avoid);
 }
 
 /// As above, among the workers preferred for the slice's local memory when any of them serves the
@@ -427,14 +432,8 @@ uint32_t pick_worker(segment_entry& segment, uint32_t avoid) {
 /// then any worker of the segment.
 uint32_t pick_worker(const coordinator_state& st, segment_entry& segment,
                      const memory::location& where, uint32_t avoid, bool keyless = false) {
-  if (keyless && !segment.keyless_workers.empty()) {
-    auto& list = segment.keyless_workers;
-    auto w = list[segment.cursor++ % list.size()];
-    if (list.size() > 1)
-      while (w == avoid)
-        w = list[segment.cursor++ % list.size()];
-    return w;
-  }
+  if (keyless && !segment.keyless_workers.empty())
+    return round_robin(segment, segment.keyless_workers, avoid);
   if (!st.settings.location_workers.empty()) {
     auto it = st.settings.location_workers.find(to_string(where));
     if (it != st.settings.location_workers.end()) {

@@ -205,7 +205,19 @@ inline constexpr const char* emulated_library = "libkvferry_verbs_emulated.so";
 
 /// Human-readable names for log lines and errors.
 [[nodiscard]] const char* describe_status(ibv_wc_status s) noexcept;
-[[nodiscard]] const char* describe_state(ibv_qp_state s) noexcept;
+/// Inline (needs no libibverbs symbol): the emulated library uses it too.
+[[nodiscard]] inline const char* describe_state(ibv_qp_state s) noexcept {
+  switch (s) {
+    case IBV_QPS_RESET: return "RESET";
+    case IBV_QPS_INIT: return "INIT";
+    case IBV_QPS_RTR: return "RTR";
+    case IBV_QPS_RTS: return "RTS";
+    case IBV_QPS_SQD: return "SQD";
+    case IBV_QPS_SQE: return "SQE";
+    case IBV_QPS_ERR: return "ERROR";
+    default: return "UNKNOWN";
+  }
+}
 /// 256..4096, or 0 for a value that is not an ibv_mtu.
 [[nodiscard]] int mtu_bytes(ibv_mtu m) noexcept;
 

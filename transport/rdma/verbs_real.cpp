@@ -357,19 +357,6 @@ const char* describe_status(ibv_wc_status s) noexcept {
   return ibv_wc_status_str(s);
 }
 
-const char* describe_state(ibv_qp_state s) noexcept {
-  switch (s) {
-    case IBV_QPS_RESET: return "RESET";
-    case IBV_QPS_INIT: return "INIT";
-    case IBV_QPS_RTR: return "RTR";
-    case IBV_QPS_RTS: return "RTS";
-    case IBV_QPS_SQD: return "SQD";
-    case IBV_QPS_SQE: return "SQE";
-    case IBV_QPS_ERR: return "ERROR";
-    default: return "UNKNOWN";
-  }
-}
-
 int mtu_bytes(ibv_mtu m) noexcept {
   switch (m) {
     case IBV_MTU_256: return 256;

@@ -22,7 +22,7 @@ std::string qp_name(uint32_t qpn) {
 
 caf::error wrong_state(const char* call, uint32_t qpn, ibv_qp_state is, const char* expected) {
   return make_error(errc::invalid_argument, std::string(call) + ": " + qp_name(qpn) + " is in "
-                                              + state_name(is) + ", expected " + expected);
+                                              + describe_state(is) + ", expected " + expected);
 }
 
 void* pointer(uint64_t addr) {
@@ -30,19 +30,6 @@ void* pointer(uint64_t addr) {
 }
 
 } // namespace
-
-const char* state_name(ibv_qp_state s) noexcept {
-  switch (s) {
-    case IBV_QPS_RESET: return "RESET";
-    case IBV_QPS_INIT: return "INIT";
-    case IBV_QPS_RTR: return "RTR";
-    case IBV_QPS_RTS: return "RTS";
-    case IBV_QPS_SQD: return "SQD";
-    case IBV_QPS_SQE: return "SQE";
-    case IBV_QPS_ERR: return "ERROR";
-    default: return "UNKNOWN";
-  }
-}
 
 int path_mtu_bytes(int m) noexcept {
   return m >= IBV_MTU_256 && m <= IBV_MTU_4096 ? 128 << m : 0;

@@ -43,9 +43,6 @@ using clock = std::chrono::steady_clock;
 
 class nic;
 
-/// "RESET", "INIT", ... (verbs.hpp's describe_state lives with the real provider, which this
-/// library does not link: it is loaded where libibverbs' symbols are not exported to it).
-[[nodiscard]] const char* state_name(ibv_qp_state s) noexcept;
 /// 256..4096 for an ibv_mtu value (IBV_MTU_256 = 1 .. IBV_MTU_4096 = 5), 0 for another value.
 [[nodiscard]] int path_mtu_bytes(int m) noexcept;
 

@@ -391,7 +391,7 @@ bool nic::on_greeting(connection& c, const greeting& g) {
   if (qp == nullptr)
     return refuse("no such queue pair");
   if (qp->state != IBV_QPS_RTR && qp->state != IBV_QPS_RTS)
-    return refuse(std::string("it is in ") + state_name(qp->state) + ", expected RTR or RTS");
+    return refuse(std::string("it is in ") + describe_state(qp->state) + ", expected RTR or RTS");
   if (qp->remote.qp_num != g.source_qpn || qp->remote.gid != g.gid)
     return refuse("it is connected to remote queue pair " + hex(qp->remote.qp_num)
                   + " (or to another GID)");
